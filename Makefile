@@ -1,0 +1,39 @@
+# The two commands of the README. Each creates or reuses .venv/ and installs what it needs.
+#   make quickstart   prepare the bundled corpus, train the quick-start model on CPU, print a sample
+#   make test         the whole test suite (installs the dev extras and both plugin distributions)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+CLI := $(VENV)/bin/lightning-llm
+PROMPT ?= ROMEO:
+
+.PHONY: quickstart test lint install install-dev clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.core: $(PY) pyproject.toml
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.core plugins/lightning-llm-alibi/pyproject.toml plugins/lightning-llm-xformers/pyproject.toml
+	$(PIP) -e '.[dev,xformers]' -e plugins/lightning-llm-alibi -e 'plugins/lightning-llm-xformers[test]'
+	touch $@
+
+install: $(VENV)/.core
+install-dev: $(VENV)/.dev
+
+quickstart: $(VENV)/.core
+	$(CLI) prepare --config configs/data/classics.yaml
+	$(CLI) fit --config configs/quickstart.yaml
+	$(CLI) generate --ckpt_path runs/quickstart/checkpoints/last.ckpt --prompt "$(PROMPT)" --max_new_tokens 200 --seed 1337
+
+test: $(VENV)/.dev
+	$(PY) -m pytest
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs data/classics

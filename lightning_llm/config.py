@@ -1,0 +1,154 @@
+"""Model configuration. Imports no torch, so a config can be read, validated and printed anywhere."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component chosen by name, with its options (keyword arguments from YAML)."""
+
+    name: str
+    """Registered name of the component, e.g. ``rope`` (see ``lightning-llm plugins``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword options passed to the component, e.g. ``{base: 10000.0}``."""
+
+    @classmethod
+    def parse(cls, value: ComponentSpec | str | dict[str, Any], kind: str) -> ComponentSpec:
+        if isinstance(value, ComponentSpec):
+            return value
+        if isinstance(value, str):
+            return cls(value)
+        if isinstance(value, dict) and set(value) <= {"name", "options"} and "name" in value:
+            return cls(str(value["name"]), dict(value.get("options") or {}))
+        raise ValueError(
+            f"GPTConfig.{kind} must be a component name such as 'rope' or a mapping "
+            f"{{name: rope, options: {{...}}}}; got {value!r}"
+        )
+
+
+Component = ComponentSpec | str
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """A decoder-only transformer. Field names follow GPT-2/nanoGPT where they exist."""
+
+    vocab_size: int = 50304
+    """Number of token ids (GPT-2's 50257 padded up to a multiple of 64 for faster matmuls)."""
+    block_size: int = 1024
+    """Longest sequence the model is trained on (and the size of the KV cache)."""
+    n_layer: int = 12
+    """Number of transformer blocks."""
+    n_head: int = 12
+    """Number of query heads; must divide ``n_embd``."""
+    n_kv_head: int | None = None
+    """Number of key/value heads (GQA; 1 = MQA). Default: ``n_head`` (plain multi-head attention)."""
+    n_embd: int = 768
+    """Width of the residual stream."""
+    intermediate_size: int | None = None
+    """Hidden width of the MLP. Default: ``4 * n_embd``."""
+    dropout: float = 0.0
+    """Dropout on embeddings, residual branches and MLP hidden units during training."""
+    attn_dropout: float = 0.0
+    """Dropout on attention probabilities during training (not every kernel supports it)."""
+    bias: bool = True
+    """Biases in linear layers and LayerNorm (GPT-2: true; Llama: false)."""
+    tie_embeddings: bool = True
+    """Share the token embedding matrix with the output head (GPT-2 does)."""
+    init_std: float = 0.02
+    """Std of the normal init of weights; residual projections use ``init_std / sqrt(2 * n_layer)``."""
+    norm_eps: float = 1e-5
+    """Epsilon of the normalisation layers."""
+    attention: Component = "sdpa"
+    """Attention kernel: naive, sdpa, flash, or an installed plugin (name or {name, options})."""
+    positional: Component = "learned"
+    """Positional encoding: learned, sinusoidal, rope, none, or an installed plugin."""
+    norm: Component = "layernorm"
+    """Normalisation layer: layernorm or rmsnorm."""
+    mlp: Component = "gelu"
+    """Feed-forward block: gelu (GPT-2) or swiglu (Llama)."""
+
+    def __post_init__(self) -> None:
+        for kind in ("attention", "positional", "norm", "mlp"):
+            object.__setattr__(self, kind, ComponentSpec.parse(getattr(self, kind), kind))
+        if self.n_kv_head is None:
+            object.__setattr__(self, "n_kv_head", self.n_head)
+        if self.intermediate_size is None:
+            object.__setattr__(self, "intermediate_size", 4 * self.n_embd)
+        self._validate()
+
+    def _validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            divisors = [h for h in range(1, self.n_embd + 1) if self.n_embd % h == 0 and h <= 64]
+            raise ValueError(
+                f"GPTConfig: n_head={self.n_head} does not divide n_embd={self.n_embd}. "
+                f"Pick n_head from {divisors} or change n_embd."
+            )
+        if self.n_head % self.n_kv_head:  # type: ignore[operator]
+            options = [h for h in range(1, self.n_head + 1) if self.n_head % h == 0]
+            raise ValueError(
+                f"GPTConfig: n_kv_head={self.n_kv_head} does not divide n_head={self.n_head}. "
+                f"Valid n_kv_head values: {options}."
+            )
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"GPTConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_query_groups(self) -> int:
+        """Query heads that share one key/value head."""
+        return self.n_head // self.n_kv_head  # type: ignore[operator]
+
+    def check_components(self) -> None:
+        """Check every component name and its options against the registries (imports torch)."""
+        from lightning_llm.registry import REGISTRIES, check_options
+
+        for kind in ("attention", "positional", "norm", "mlp"):
+            spec: ComponentSpec = getattr(self, kind)
+            factory = REGISTRIES[kind].get(spec.name)
+            check_options(kind, spec.name, factory, spec.options)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameter count estimate (exact for the built-in components)."""
+        c = self.n_embd
+        kv = self.n_kv_head * self.head_dim  # type: ignore[operator]
+        attn = c * c + 2 * c * kv + c * c
+        mlp_mult = 3 if self.mlp.name == "swiglu" else 2  # type: ignore[union-attr]
+        mlp = mlp_mult * c * self.intermediate_size  # type: ignore[operator]
+        n = self.n_layer * (attn + mlp)
+        if include_embedding:
+            n += self.vocab_size * c * (1 if self.tie_embeddings else 2)
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B / nanoGPT.
+
+        6 * N for the matmuls with N the non-embedding parameters plus the output head, and
+        12 * L * C * T for attention scores and values (causality not discounted, as in PaLM).
+        """
+        t = seq_len or self.block_size
+        n = self.num_params(include_embedding=False) + self.vocab_size * self.n_embd
+        return 6.0 * n + 12.0 * self.n_layer * self.n_embd * t
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {f.name: d[f.name] for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig has no field(s) {unknown}. Valid fields: {sorted(known)}")
+        return cls(**d)

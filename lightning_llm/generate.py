@@ -1,0 +1,84 @@
+"""Sampling with the model's static KV cache: temperature, top-k, top-p (nucleus), EOS, streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from lightning_llm.model import GPT
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick the next token id (B, 1) from last-position logits (B, V). ``temperature <= 0`` is greedy."""
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield one (B, 1) tensor of new token ids per step: a prefill of the prompt, then one token at a time.
+
+    The cache is static (allocated once for prompt + new tokens); the context is capped at the model's
+    block size, so the prompt plus ``max_new_tokens`` must fit in it.
+    """
+    B, T = idx.shape
+    block = model.config.block_size
+    if T == 0:
+        raise ValueError("generate needs a prompt of at least one token")
+    if T + max_new_tokens > block:
+        raise ValueError(
+            f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's block_size {block}; "
+            f"lower max_new_tokens to {max(block - T, 0)} or shorten the prompt."
+        )
+    was_training = model.training
+    model.eval()
+    model.setup_kv_cache(B, T + max_new_tokens)
+    try:
+        logits = model(idx, start=0)[:, -1]  # prefill: (B, V)
+        pos = T
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            if eos_id is not None:
+                nxt = nxt.masked_fill(done[:, None], eos_id)
+                done |= nxt[:, 0] == eos_id
+            yield nxt
+            if eos_id is not None and bool(done.all()):
+                break
+            if i == max_new_tokens - 1:
+                break
+            logits = model(nxt, start=pos)[:, -1]
+            pos += 1
+    finally:
+        model.clear_kv_cache()
+        model.train(was_training)

@@ -1,0 +1,257 @@
+"""A decoder-only GPT whose attention kernel, positional encoding, norm and MLP are plugins.
+
+Read top to bottom: KV cache, attention, block, model. Every component is resolved from its registry
+once, in ``GPT.__init__``; ``forward`` has no string checks. The model knows nothing of parallelism:
+``parallel.py`` applies FSDP2, activation checkpointing and compile from the outside.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_llm.components.attention import AttentionKernel, AttentionRequest
+from lightning_llm.components.positional import PositionalContext, PositionalEncoding
+from lightning_llm.config import ComponentSpec, GPTConfig
+from lightning_llm.registry import ATTENTION, MLP, NORM, POSITIONAL
+
+
+class IncompatibleComponentsError(ValueError):
+    """The chosen components cannot work together on this device/dtype."""
+
+
+class KVCache(nn.Module):
+    """A static key/value cache: allocated once for (batch, max_len), written in place, never grown."""
+
+    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype) -> None:
+        super().__init__()
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + k.shape[2]
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, H_kv, end, D) views, no copy
+
+
+class CausalSelfAttention(nn.Module):
+    """Projections, positional rotation and KV cache around a stateless attention kernel."""
+
+    def __init__(
+        self, dim: int, n_head: int, n_kv_head: int, kernel: AttentionKernel, *, bias: bool, attn_dropout: float,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, dim // n_head
+        self.qkv = nn.Linear(dim, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.kernel = kernel
+        self.attn_dropout = attn_dropout
+        self.resid_dropout = nn.Dropout(dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, pctx: PositionalContext, start: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(
+            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
+        )
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        q, k = pctx.rotate(q, k)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start, k, v)  # (B, H_kv, start + T, D)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        y = self.kernel(q, k, v, bias=pctx.bias, dropout_p=dropout_p, causal=True)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+    def reset_parameters(self, std: float, residual_std: float) -> None:
+        nn.init.normal_(self.qkv.weight, mean=0.0, std=std)
+        nn.init.normal_(self.proj.weight, mean=0.0, std=residual_std)
+        for lin in (self.qkv, self.proj):
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+
+def _build(registry, spec: ComponentSpec, *args, **defaults):
+    """Build a component: model-wide defaults (bias, eps, dropout) are overridden by the user's options."""
+    from lightning_llm.registry import accepted_options
+
+    factory = registry.get(spec.name)
+    accepted = accepted_options(factory)
+    kwargs = {k: v for k, v in defaults.items() if accepted is None or k in accepted}
+    kwargs.update(spec.options)
+    return registry.build(spec.name, *args, **kwargs)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig, kernel: AttentionKernel) -> None:
+        super().__init__()
+        c = config
+        self.norm_1 = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.attn = CausalSelfAttention(
+            c.n_embd, c.n_head, c.n_kv_head, kernel, bias=c.bias, attn_dropout=c.attn_dropout, dropout=c.dropout
+        )
+        self.norm_2 = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.mlp = _build(MLP, c.mlp, c.n_embd, c.intermediate_size, bias=c.bias, dropout=c.dropout)
+
+    def forward(self, x: torch.Tensor, pctx: PositionalContext, start: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.norm_1(x), pctx, start)
+        return x + self.mlp(self.norm_2(x))
+
+    def reset_parameters(self, std: float, residual_std: float) -> None:
+        self.norm_1.reset_parameters()
+        self.norm_2.reset_parameters()
+        self.attn.reset_parameters(std, residual_std)
+        self.mlp.reset_parameters(std, residual_std)
+
+
+def check_compatible(
+    config: GPTConfig, kernel: AttentionKernel, pe: PositionalEncoding, device_type: str, dtype: torch.dtype,
+    training: bool = True,
+) -> None:
+    """Fail at build time, with what conflicts and what would work, if the kernel can't serve this model."""
+    req = AttentionRequest(
+        device_type=device_type,
+        dtype=dtype,
+        bias=pe.needs_attention_bias,
+        dropout=training and config.attn_dropout > 0,
+        gqa=config.n_kv_head != config.n_head,
+    )
+    problems = kernel.unsupported(req)
+    if not problems:
+        return
+    name = config.attention.name  # type: ignore[union-attr]
+    working = [n for n in ATTENTION.names() if n != name and not ATTENTION.build(n).unsupported(req)]
+    why = []
+    if req.bias:
+        why.append(f"positional '{config.positional.name}' needs an attention bias")  # type: ignore[union-attr]
+    if req.dropout:
+        why.append(f"attn_dropout={config.attn_dropout}")
+    raise IncompatibleComponentsError(
+        f"Attention kernel '{name}' cannot run this model: it does not support {'; '.join(problems)}"
+        + (f" (needed because {', '.join(why)})" if why else "")
+        + f". Kernels that can: {', '.join(working) or 'none'}. "
+        f"Set model.config.attention to one of them"
+        + (" or set attn_dropout: 0.0" if req.dropout else "")
+        + "."
+    )
+
+
+class GPT(nn.Module):
+    """Token embedding -> positional encoding -> n_layer blocks -> final norm -> vocabulary head.
+
+    ``device_type``/``dtype`` say where and in what precision the model will run, so that a component
+    combination that can't run there fails here, at build time (default: the current default device).
+    """
+
+    def __init__(
+        self, config: GPTConfig, *, device_type: str | None = None, dtype: torch.dtype = torch.float32,
+        check_training: bool = True,
+    ) -> None:
+        super().__init__()
+        config.check_components()
+        self.config = c = config
+        kernel: AttentionKernel = _build(ATTENTION, c.attention)
+        self.pe: PositionalEncoding = _build(POSITIONAL, c.positional, c.n_embd, c.n_head, c.head_dim, c.block_size)
+        if device_type is None:
+            device_type = torch.get_default_device().type
+        if device_type != "meta":
+            check_compatible(c, kernel, self.pe, device_type, dtype, training=check_training)
+        self.kernel = kernel
+        self.wte = nn.Embedding(c.vocab_size, c.n_embd)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c, kernel) for _ in range(c.n_layer))
+        self.norm_f = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if torch.get_default_device().type != "meta" and not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init, owned by each module: N(0, std), residual projections N(0, std / sqrt(2 n_layer))."""
+        std = self.config.init_std
+        residual_std = std / math.sqrt(2 * self.config.n_layer)
+        nn.init.normal_(self.wte.weight, mean=0.0, std=std)
+        self.pe.reset_parameters(std)
+        for block in self.blocks:
+            block.reset_parameters(std, residual_std)
+        self.norm_f.reset_parameters()
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel()
+        return n
+
+    # -- forward ----------------------------------------------------------------------------------
+    def hidden_states(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Final-norm hidden states (B, T, C) for token ids ``idx`` (B, T) at positions start..start+T."""
+        B, T = idx.shape
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"Sequence of length {start + T} is longer than the model's block_size "
+                f"{self.config.block_size}. Crop the input or train with a larger block_size."
+            )
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.drop(self.pe.embed(self.wte(idx), pos))  # (B, T, C)
+        pctx = self.pe.context(pos, start + T)
+        for block in self.blocks:
+            x = block(x, pctx, start)
+        return self.norm_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, start: int = 0
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size); with ``targets`` (B, T) the mean cross-entropy loss instead."""
+        x = self.hidden_states(idx, start)
+        if targets is None:
+            return self.lm_head(x)
+        return F.cross_entropy(self.lm_head(x).flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+    # -- KV cache ---------------------------------------------------------------------------------
+    def setup_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        """Allocate a static KV cache in every layer (used by ``generate``)."""
+        c = self.config
+        ref = self.wte.weight
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(
+                batch, c.n_kv_head, max_len or c.block_size, c.head_dim, ref.device, dtype or ref.dtype
+            )
+
+    def clear_kv_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    def components(self) -> Iterator[tuple[str, str]]:
+        for kind in ("attention", "positional", "norm", "mlp"):
+            yield kind, getattr(self.config, kind).name
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens using the KV cache; returns (B, T + n)."""
+        from lightning_llm.generate import generate_tokens
+
+        new = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
+        return torch.cat([idx, *new], dim=1) if new else idx
