@@ -57,19 +57,20 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: torch.Tensor, pctx: PositionalContext, start: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        B, T, _ = x.shape
+        G, D = self.n_head // self.n_kv_head, self.head_dim
+        # qkv rows are laid out per KV group: [q_0 .. q_{G-1}, k, v] for each KV head, so that a
+        # column-wise (tensor-parallel) shard holds whole groups; -1 is the local number of KV heads.
+        qkv = self.qkv(x).view(B, T, -1, G + 2, D)  # (B, T, H_kv, G + 2, D)
+        q = qkv[:, :, :, :G].reshape(B, T, -1, D).transpose(1, 2)  # (B, H, T, D), head h = kv * G + j
+        k = qkv[:, :, :, G].transpose(1, 2)  # (B, H_kv, T, D)
+        v = qkv[:, :, :, G + 1].transpose(1, 2)  # (B, H_kv, T, D)
         q, k = pctx.rotate(q, k)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(start, k, v)  # (B, H_kv, start + T, D)
         dropout_p = self.attn_dropout if self.training else 0.0
         y = self.kernel(q, k, v, bias=pctx.bias, dropout_p=dropout_p, causal=True)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H * D)
         return self.resid_dropout(self.proj(y))
 
     def reset_parameters(self, std: float, residual_std: float) -> None:

@@ -1,0 +1,103 @@
+"""``lightning-llm``: LightningCLI subcommands (fit, validate, test) plus prepare, generate, plugins, bench."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+USAGE = """usage: lightning-llm <command> [options]
+
+commands:
+  fit        train a model            (lightning-llm fit --config configs/quickstart.yaml)
+  validate   evaluate a checkpoint    (lightning-llm validate --config ... --ckpt_path ...)
+  test       run the test loop
+  prepare    build a tokenized dataset (lightning-llm prepare --config configs/data/classics.yaml)
+  generate   sample text from a checkpoint (lightning-llm generate --ckpt_path ... --prompt "...")
+  plugins    list registered components and whether they run here
+  bench      benchmarks: attention | train | data | generate
+
+Run `lightning-llm <command> --help` for the options of a command."""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _lightning_cli(argv: list[str]) -> None:
+    from lightning.pytorch.cli import LightningCLI
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_llm.callbacks import SpeedMonitor
+    from lightning_llm.data.datamodule import TokenDataModule
+    from lightning_llm.module import LitGPT
+
+    def pad_vocab(n: int) -> int:
+        return (n + 63) // 64 * 64  # a multiple of 64 keeps the head's matmul fast
+
+    class LLMCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.link_arguments("model.config.block_size", "data.block_size")
+            parser.link_arguments("data.vocab_size", "model.config.vocab_size", compute_fn=pad_vocab,
+                                  apply_on="instantiate")
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 200})
+            parser.add_lightning_class_args(SpeedMonitor, "speed")
+            parser.set_defaults({"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                    "init_args": {"save_dir": "runs"}}})
+
+    LLMCLI(
+        LitGPT,
+        TokenDataModule,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+                 "init_args": {"logging_interval": "step"}},
+                {"class_path": "lightning_llm.callbacks.LossCurvePlot"},
+            ],
+        },
+        parser_kwargs={"default_env": False},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd in LIGHTNING_COMMANDS:
+        _lightning_cli(argv)
+    elif cmd == "prepare":
+        from lightning_llm.data.cli import prepare_main
+
+        prepare_main(rest)
+    elif cmd == "generate":
+        from lightning_llm.sample_cli import generate_main
+
+        generate_main(rest)
+    elif cmd == "plugins":
+        from lightning_llm.plugins_cli import plugins_main
+
+        plugins_main(rest)
+    elif cmd == "bench":
+        _bench(rest)
+    else:
+        sys.exit(f"lightning-llm: unknown command {cmd!r}\n\n{USAGE}")
+
+
+BENCHES = ("attention", "train", "data", "generate")
+
+
+def _bench(argv: list[str]) -> None:
+    if not argv or argv[0] not in BENCHES:
+        sys.exit(f"usage: lightning-llm bench {{{'|'.join(BENCHES)}}} [options]")
+    # benchmarks/ lives next to the package in a source checkout (editable install), not inside it
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks").is_dir():
+        sys.exit("lightning-llm bench needs a source checkout: benchmarks/ is not installed with the package.")
+    sys.path.insert(0, str(root))
+    import importlib
+
+    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
