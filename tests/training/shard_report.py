@@ -1,0 +1,50 @@
+"""A test-only callback (imported by the CLI subprocesses through PYTHONPATH) that reports, per rank, how
+much of the model and optimizer state that rank holds, and where training started and ended."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def _local_numel(t: torch.Tensor) -> int:
+    return t.to_local().numel() if hasattr(t, "to_local") else t.numel()
+
+
+class ShardReport(L.Callback):
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.first_step: int | None = None
+        self.loss_finite = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step is None:
+            self.first_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.loss_finite &= math.isfinite(float(outputs["loss"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        params = list(pl_module.model.parameters())
+        opt = trainer.optimizers[0]
+        opt_numel = sum(_local_numel(v) for s in opt.state.values() for k, v in s.items()
+                        if torch.is_tensor(v) and k in ("exp_avg", "exp_avg_sq"))
+        checksum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor")
+                       else float(p.detach().double().sum()) for p in params)
+        report = {
+            "rank": trainer.global_rank,
+            "world_size": trainer.world_size,
+            "accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "global_step": trainer.global_step,
+            "first_step_seen": self.first_step,
+            "total_params": sum(p.numel() for p in params),
+            "local_params": sum(_local_numel(p) for p in params),
+            "local_optimizer_numel": opt_numel,
+            "param_checksum": checksum,
+            "loss_finite": self.loss_finite,
+        }
+        (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))

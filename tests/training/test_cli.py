@@ -1,0 +1,149 @@
+"""The real ``lightning-llm`` CLI in subprocesses, on tiny overrides of the shipped presets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--model.config.n_layer=2", "--model.config.n_head=2", "--model.config.n_kv_head=null",
+    "--model.config.n_embd=32", "--model.config.intermediate_size=64", "--model.config.block_size=32",
+    "--data.batch_size=4", "--data.num_workers=0", "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+]
+
+
+def cli(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "training"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "lightning_llm", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout)
+    if check and proc.returncode:
+        raise AssertionError(f"lightning-llm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def fit(tmp_path: Path, data: Path, preset: str, *extra: str, check: bool = True):
+    return cli("fit", "--config", str(ROOT / "configs" / preset), f"--data.path={data}", *TINY,
+               f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+               f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", *extra, cwd=tmp_path, check=check)
+
+
+@pytest.mark.slow
+def test_quickstart_fit_then_generate(tiny_dataset, tmp_path):
+    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=12", "--trainer.val_check_interval=6",
+        "--checkpoint.every_n_train_steps=6", "--speed.log_every_n_steps=2")
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.is_file()
+    logs = next((tmp_path / "logs").rglob("metrics.csv"))
+    rows = list(csv.DictReader(logs.open()))
+    cols = set(rows[0])
+    assert {"train/loss", "val/loss", "val/ppl", "perf/tokens_per_s", "perf/mfu", "lr-AdamW"} <= cols
+    ppl = [float(r["val/ppl"]) for r in rows if r.get("val/ppl")]
+    vloss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert ppl and abs(ppl[-1] - torch.tensor(vloss[-1]).exp().item()) / ppl[-1] < 1e-3
+    assert next((tmp_path / "logs").rglob("loss.png")).stat().st_size > 1000
+    out = cli("generate", "--ckpt_path", str(last), "--prompt", "ROMEO:", "--max_new_tokens", "20",
+              "--seed", "3", cwd=tmp_path)
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:") + 5
+    again = cli("generate", "--ckpt_path", str(last), "--prompt", "ROMEO:", "--max_new_tokens", "20",
+                "--seed", "3", cwd=tmp_path)
+    assert again.stdout == out.stdout  # seeded
+
+
+def test_unknown_yaml_key_fails_before_training(tiny_dataset, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"config": {"n_layers": 2}}}))
+    proc = cli("fit", "--config", str(bad), f"--data.path={tiny_dataset}", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "n_layers" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_component_fails_with_the_available_names(tiny_dataset, tmp_path):
+    proc = fit(tmp_path, tiny_dataset, "quickstart.yaml", "--model.config.attention=flashy", check=False)
+    assert proc.returncode != 0
+    assert "flashy" in proc.stderr and "naive" in proc.stderr and "sdpa" in proc.stderr
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_16_bit_mixed_precision_on_cpu_is_refused(tiny_dataset, tmp_path):
+    proc = fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.precision=16-mixed",
+               "--trainer.max_steps=1", check=False)
+    assert proc.returncode != 0
+    assert "16-mixed" in proc.stderr and "bf16-mixed" in proc.stderr
+
+
+def test_generate_prompt_longer_than_block_size(tiny_dataset, tmp_path):
+    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=1", "--checkpoint.every_n_train_steps=1")
+    proc = cli("generate", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), "--prompt", "word " * 200,
+               cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "block size" in proc.stderr
+
+
+def test_every_preset_parses_and_builds_on_meta(tiny_dataset):
+    """Config hub: each YAML in configs/ parses with the real parser and its model builds on the meta device."""
+    from jsonargparse import ArgumentParser
+
+    from lightning_llm.model import GPT
+    from lightning_llm.module import LitGPT
+
+    presets = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(presets) >= 5
+    for preset in presets:
+        raw = yaml.safe_load(preset.read_text())
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(LitGPT, "model")
+        cfg = parser.parse_object({"model": raw["model"]})
+        lit = parser.instantiate(cfg).model
+        with torch.device("meta"):
+            model = GPT(lit.config, device_type="meta")
+        assert model.num_params() == lit.config.num_params(), preset.name
+        assert "trainer" in raw and "data" in raw, preset.name
+
+
+def test_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "lightning_llm", "--help"], capture_output=True, text=True)
+    for cmd in ("fit", "prepare", "generate", "plugins", "bench"):
+        assert cmd in out.stdout
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tiny_dataset, tmp_path):
+    fit(tmp_path, tiny_dataset, "ddp.yaml", "--trainer.max_steps=3", "--model.global_batch_size=16",
+        "--checkpoint.every_n_train_steps=3", "--trainer.callbacks+=shard_report.ShardReport",
+        f"--trainer.callbacks.init_args.out_dir={tmp_path}")
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    assert len(reports) == 2
+    assert all(r["world_size"] == 2 and r["accumulate_grad_batches"] == 2 for r in reports)
+    assert reports[0]["param_checksum"] == pytest.approx(reports[1]["param_checksum"])  # replicas in sync
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_trains_and_resumes(tiny_dataset, tmp_path):
+    fit(tmp_path, tiny_dataset, "fsdp2.yaml", "--trainer.max_steps=3", "--checkpoint.every_n_train_steps=3",
+        "--trainer.callbacks+=shard_report.ShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}")
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    assert len(reports) == 2
+    for r in reports:
+        assert 0.4 < r["local_params"] / r["total_params"] < 0.6, r
+        assert 0.4 < r["local_optimizer_numel"] / (2 * r["total_params"]) < 0.6, r
+        assert r["loss_finite"]
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.is_dir()  # distributed checkpoint
+    for p in tmp_path.glob("rank*.json"):
+        p.unlink()
+    fit(tmp_path, tiny_dataset, "fsdp2.yaml", "--trainer.max_steps=5", f"--ckpt_path={last}",
+        "--trainer.callbacks+=shard_report.ShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}")
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    assert [r["global_step"] for r in reports] == [5, 5]
+    assert all(r["first_step_seen"] == 3 for r in reports)  # resumed, not restarted

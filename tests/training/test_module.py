@@ -1,0 +1,170 @@
+"""The LightningModule in-process: schedule, optimizer groups, accumulation, precision, NaN guard, resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_llm.config import GPTConfig
+from lightning_llm.data.datamodule import TokenDataModule
+from lightning_llm.module import LitGPT, NonFiniteLossError, OptimizerConfig, ScheduleConfig, lr_factor
+
+BLOCK = 32
+
+
+def tiny_config(vocab_size: int, **kw) -> GPTConfig:
+    base = dict(vocab_size=vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, bias=False,
+                attention="sdpa", positional="rope", norm="rmsnorm", mlp="swiglu")
+    return GPTConfig(**{**base, **kw})
+
+
+def make(path: Path, **kw) -> tuple[LitGPT, TokenDataModule]:
+    dm = TokenDataModule(path=str(path), batch_size=4, block_size=BLOCK, num_workers=0, seed=7)
+    vocab = (dm.vocab_size + 63) // 64 * 64
+    lit = LitGPT(tiny_config(vocab), optimizer=OptimizerConfig(lr=3e-3),
+                 schedule=ScheduleConfig(warmup_steps=2, max_steps=50), **kw)
+    return lit, dm
+
+
+class LossRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def trainer(tmp_path: Path, max_steps: int, callbacks=(), **kw) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, callbacks=list(callbacks), **kw
+    )
+
+
+def test_lr_schedule_shapes():
+    s = ScheduleConfig(kind="cosine", warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, s, 100) == pytest.approx(0.1)
+    assert lr_factor(9, s, 100) == pytest.approx(1.0)
+    assert lr_factor(100, s, 100) == pytest.approx(0.1)
+    mid = lr_factor(55, s, 100)
+    assert mid == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    w = ScheduleConfig(kind="wsd", warmup_steps=10, decay_fraction=0.2, min_lr_ratio=0.0)
+    assert lr_factor(50, w, 100) == 1.0 and lr_factor(79, w, 100) == 1.0
+    assert lr_factor(90, w, 100) == pytest.approx(0.5)
+    assert lr_factor(100, w, 100) == pytest.approx(0.0)
+
+
+def test_param_groups_no_decay_on_norms_biases_embeddings(tiny_dataset):
+    lit, _ = make(tiny_dataset)
+    lit.model = __import__("lightning_llm.model", fromlist=["GPT"]).GPT(lit.config)
+    decay, no_decay = lit.param_groups()
+    names = {id(p): n for n, p in lit.model.named_parameters()}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "wte.weight" in no_decay_names and "wte.weight" not in decay_names  # tied head included
+    assert all("norm" in n for n in no_decay_names if n != "wte.weight")
+    assert any("qkv" in n for n in decay_names) and any("mlp" in n for n in decay_names)
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(lit.model.parameters()))
+
+
+def test_global_batch_sets_accumulation(tiny_dataset, tmp_path):
+    lit, dm = make(tiny_dataset, global_batch_size=12)
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(lit, dm)
+    assert t.accumulate_grad_batches == 3
+    lit, dm = make(tiny_dataset, global_batch_size=10)
+    with pytest.raises(ValueError, match="multiple of data.batch_size"):
+        trainer(tmp_path, max_steps=1).fit(lit, dm)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_precisions_train_on_cpu(tiny_dataset, tmp_path, precision):
+    lit, dm = make(tiny_dataset)
+    rec = LossRecorder()
+    trainer(tmp_path, max_steps=6, callbacks=[rec], precision=precision).fit(lit, dm)
+    assert len(rec.losses) == 6 and all(math.isfinite(v) for v in rec.losses)
+    assert rec.losses[-1] < rec.losses[0]
+
+
+class PoisonAt(L.Callback):
+    """Makes the weights NaN before optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                pl_module.model.wte.weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path):
+    lit, dm = make(tiny_dataset)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
+    with pytest.raises(NonFiniteLossError, match="optimizer step 5"):
+        trainer(tmp_path, max_steps=10, callbacks=[ckpt, PoisonAt(5)]).fit(lit, dm)
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+    # and it resumes
+    lit2, dm2 = make(tiny_dataset)
+    t = trainer(tmp_path, max_steps=6)
+    t.fit(lit2, dm2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert t.global_step == 6
+
+
+def test_nan_loss_skip_policy(tiny_dataset, tmp_path):
+    lit, dm = make(tiny_dataset, on_nonfinite_loss="skip")
+    trainer(tmp_path, max_steps=3, callbacks=[PoisonAt(1)], max_epochs=1, limit_train_batches=5).fit(lit, dm)
+    assert lit.skipped_steps >= 1
+
+
+def test_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
+    """N steps, stop, resume N more == 2N uninterrupted steps, losses and data order included."""
+    n = 4
+    L.seed_everything(0)
+    lit, dm = make(tiny_dataset)
+    full = LossRecorder()
+    trainer(tmp_path / "a", max_steps=2 * n, callbacks=[full]).fit(lit, dm)
+
+    L.seed_everything(0)
+    lit, dm = make(tiny_dataset)
+    first = LossRecorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True, every_n_train_steps=n)
+    trainer(tmp_path / "b", max_steps=n, callbacks=[first, ckpt]).fit(lit, dm)
+
+    L.seed_everything(123)  # a different seed must not matter: everything comes from the checkpoint
+    lit, dm = make(tiny_dataset)
+    second = LossRecorder()
+    trainer(tmp_path / "b", max_steps=2 * n, callbacks=[second]).fit(lit, dm, ckpt_path=tmp_path / "b" / "last.ckpt")
+    assert len(first.losses) == n and len(second.losses) == n
+    torch.testing.assert_close(torch.tensor(first.losses + second.losses), torch.tensor(full.losses),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_resume_with_other_config_is_refused(tiny_dataset, tmp_path):
+    lit, dm = make(tiny_dataset)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", save_last=True, every_n_train_steps=2)
+    trainer(tmp_path, max_steps=2, callbacks=[ckpt]).fit(lit, dm)
+    dm = TokenDataModule(path=str(tiny_dataset), batch_size=4, block_size=BLOCK, num_workers=0)
+    other = LitGPT(tiny_config((dm.vocab_size + 63) // 64 * 64, n_layer=3))
+    with pytest.raises(Exception, match="n_layer: checkpoint 2 vs config 3"):
+        trainer(tmp_path, max_steps=4).fit(other, dm, ckpt_path=tmp_path / "c" / "last.ckpt")
+
+
+def test_checkpoint_carries_config_and_tokenizer(tiny_dataset, tmp_path):
+    from lightning_llm.sample_cli import load_checkpoint
+
+    lit, dm = make(tiny_dataset)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "d", save_last=True, every_n_train_steps=2)
+    trainer(tmp_path, max_steps=2, callbacks=[ckpt]).fit(lit, dm)
+    model, tok = load_checkpoint(tmp_path / "d" / "last.ckpt")
+    assert model.config == lit.config
+    assert tok.fingerprint() == dm.tokenizer.fingerprint()
+    x = torch.randint(0, dm.vocab_size, (1, 8))
+    torch.testing.assert_close(model(x), lit.model.eval()(x))
