@@ -30,7 +30,8 @@ quickstart: $(VENV)/.core
 	$(CLI) generate --ckpt_path runs/quickstart/checkpoints/last.ckpt --prompt "$(PROMPT)" --max_new_tokens 200 --seed 1337
 
 test: $(VENV)/.dev
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; fi; exit $$rc
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
