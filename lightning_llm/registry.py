@@ -125,6 +125,11 @@ class Registry(Generic[T]):
         for name in self.names():
             yield self._entries[name]
 
+    def entry_point_errors(self) -> dict[str, str]:
+        """Installed entry points of this group that failed to import: name -> error (after discovery)."""
+        self.load_entry_points()
+        return dict(self._entry_point_errors)
+
     def __contains__(self, name: str) -> bool:
         self.load_entry_points()
         return name in self._entries
