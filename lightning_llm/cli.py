@@ -21,10 +21,28 @@ Run `lightning-llm <command> --help` for the options of a command."""
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
-def _lightning_cli(argv: list[str]) -> None:
-    from lightning.pytorch.cli import LightningCLI
+class UserError(ValueError):
+    """Bad input from the command line or a config: printed as one paragraph, without a traceback."""
 
+
+def check_precision(precision: str, accelerator: str) -> None:
+    """Refuse a precision the device cannot do (Lightning would silently switch 16-bit to bf16 on CPU)."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision in ("16-mixed", "16-true", "16", "16-mixed", "transformer-engine"):
+        raise UserError(
+            f"trainer.precision={precision} needs a GPU; this run is on the CPU. "
+            "Use --trainer.precision bf16-mixed (or bf16-true, 32-true) on CPU."
+        )
+    if precision.startswith("bf16") and accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            raise UserError(f"trainer.precision={precision}: this GPU has no bfloat16; use 16-mixed or 32-true.")
+
+
+def _lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningCLI
 
     from lightning_llm.callbacks import SpeedMonitor
     from lightning_llm.data.datamodule import TokenDataModule
@@ -38,11 +56,15 @@ def _lightning_cli(argv: list[str]) -> None:
             parser.link_arguments("model.config.block_size", "data.block_size")
             parser.link_arguments("data.vocab_size", "model.config.vocab_size", compute_fn=pad_vocab,
                                   apply_on="instantiate")
+            parser.set_defaults({"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                                                    "init_args": {"save_dir": "runs"}}})
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 200})
             parser.add_lightning_class_args(SpeedMonitor, "speed")
-            parser.set_defaults({"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                                    "init_args": {"save_dir": "runs"}}})
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            check_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
 
     LLMCLI(
         LitGPT,
@@ -62,6 +84,23 @@ def _lightning_cli(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-llm`` console script and ``python -m lightning_llm``."""
+    import os
+    import traceback
+
+    try:
+        _main(argv)
+    except KeyboardInterrupt:
+        sys.exit("Interrupted. The last checkpoint written is intact; resume with --ckpt_path last.")
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        frames = traceback.extract_tb(err.__traceback__)
+        ours = bool(frames) and "lightning_llm" in frames[-1].filename
+        if os.environ.get("LIGHTNING_LLM_DEBUG") or not (ours or isinstance(err, UserError)):
+            raise
+        sys.exit(f"error: {err}\n(set LIGHTNING_LLM_DEBUG=1 to see the traceback)")
+
+
+def _main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
