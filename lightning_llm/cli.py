@@ -41,10 +41,10 @@ def check_precision(precision: str, accelerator: str) -> None:
 
 
 def _lightning_cli(argv: list[str]) -> None:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    from lightning_llm.callbacks import SpeedMonitor
+    from lightning_llm.callbacks import LossCurvePlot, SpeedMonitor
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
 
@@ -69,14 +69,10 @@ def _lightning_cli(argv: list[str]) -> None:
     LLMCLI(
         LitGPT,
         TokenDataModule,
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
-                 "init_args": {"logging_interval": "step"}},
-                {"class_path": "lightning_llm.callbacks.LossCurvePlot"},
-            ],
+            "callbacks": [LearningRateMonitor(logging_interval="step"), LossCurvePlot()],
         },
         parser_kwargs={"default_env": False},
         auto_configure_optimizers=False,

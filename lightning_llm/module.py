@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -105,11 +105,19 @@ class LitGPT(L.LightningModule):
         super().__init__()
         if global_batch_size is not None and global_batch_tokens is not None:
             raise ValueError("Give global_batch_size (sequences) or global_batch_tokens, not both.")
+        if isinstance(config, dict):  # from a checkpoint's hyper-parameters
+            config = GPTConfig.from_dict(config)
         config.check_components()  # unknown names / options fail here, before any data is touched
-        self.save_hyperparameters()
         self.config = config
-        self.optim_cfg = optimizer or OptimizerConfig()
-        self.sched_cfg = schedule or ScheduleConfig()
+        self.optim_cfg = OptimizerConfig(**optimizer) if isinstance(optimizer, dict) else optimizer or OptimizerConfig()
+        self.sched_cfg = ScheduleConfig(**schedule) if isinstance(schedule, dict) else schedule or ScheduleConfig()
+        # plain types only, so checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters({
+            "config": config.to_dict(), "optimizer": asdict(self.optim_cfg), "schedule": asdict(self.sched_cfg),
+            "global_batch_size": global_batch_size, "global_batch_tokens": global_batch_tokens,
+            "compile": compile, "activation_checkpointing": activation_checkpointing,
+            "tensor_parallel": tensor_parallel, "on_nonfinite_loss": on_nonfinite_loss,
+        })
         self.global_batch_size = global_batch_size
         self.global_batch_tokens = global_batch_tokens
         self.compile = compile

@@ -24,7 +24,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[GPT, Any]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}. Train one with `lightning-llm fit --config ...`.")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    ckpt = torch.load(path, map_location=device, weights_only=True)
     if "model_config" not in ckpt:
         raise ValueError(f"{path} has no model_config: it was not written by lightning-llm fit.")
     config = GPTConfig.from_dict(ckpt["model_config"])

@@ -1,0 +1,235 @@
+"""Cleaning: a :class:`Pipeline` of small steps, each a ``Document -> Document | None`` callable.
+
+A step returns the document (changed or not) or ``None`` to drop it. Stateless steps are plain
+transforms or filters (:mod:`lightning_llm.data.filters`); dedup steps (:mod:`lightning_llm.data.dedup`)
+remember what they have seen. The pipeline streams: one document goes through every step before the
+next is read, so memory does not grow with the corpus (beyond the dedup state), and it counts documents
+and UTF-8 bytes in and out of every step for the prepare report.
+
+``build_pipeline(CleanConfig())`` gives: Unicode normalisation → whitespace clean-up → Project Gutenberg
+boilerplate → quality filters → exact dedup → near dedup.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from lightning_llm.data.dedup import ExactDedup, NearDedup
+from lightning_llm.data.filters import quality_filters
+from lightning_llm.data.sources import Document
+
+Step = Callable[[Document], Document | None]
+NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+
+# -- transforms ---------------------------------------------------------------------------------------
+_LINE_BREAKS = str.maketrans({c: "\n" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+_INVISIBLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\u200b\ufeff]")  # controls but \t \n, ZWSP, BOM
+_BLANK_RUN = re.compile(r"\n{4,}")
+
+
+def clean_whitespace(text: str) -> str:
+    """Normalise line endings, drop control characters, strip trailing spaces, keep ≤ 2 blank lines.
+
+    Leading and trailing blank lines go too; indentation stays (it carries meaning in verse and code).
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").translate(_LINE_BREAKS)
+    text = _INVISIBLE.sub("", text)
+    text = "\n".join(line.rstrip() for line in text.split("\n"))
+    return _BLANK_RUN.sub("\n\n\n", text).strip("\n")
+
+
+_GUTENBERG_START = re.compile(
+    r"^\s*\*{3}\s*START OF (?:THIS |THE )?PROJECT GUTENBERG.*$|^\s*\*END\*THE SMALL PRINT!.*$", re.I | re.M
+)
+_GUTENBERG_END = re.compile(
+    r"^\s*\*{3}\s*END OF (?:THIS |THE )?PROJECT GUTENBERG|^\s*End of (?:the |this )?Project Gutenberg",
+    re.I | re.M,
+)
+_PRODUCED_BY = re.compile(r"\A\s*(?:Produced|Prepared|Transcribed) by\b.*?(?:\n\s*\n|\Z)", re.I | re.S)
+
+
+def strip_gutenberg(text: str) -> str:
+    """Cut a Project Gutenberg header and licence off ``text``; text without the markers is unchanged.
+
+    Keeps what lies between the ``*** START OF ... PROJECT GUTENBERG ...`` line (or the older
+    ``*END*THE SMALL PRINT!`` line) and the ``*** END OF ...`` / ``End of Project Gutenberg`` line,
+    minus a leading "Produced by ..." paragraph.
+    """
+    starts = [m for m in _GUTENBERG_START.finditer(text, 0, len(text) // 2 + 1)]
+    begin = starts[-1].end() if starts else 0
+    end = _GUTENBERG_END.search(text, begin)
+    if not starts and end is None:
+        return text
+    body = text[begin : end.start() if end else len(text)]
+    return (_PRODUCED_BY.sub("", body, count=1) if starts else body).strip("\n")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A step that rewrites the text with ``fn``; a document left blank is dropped."""
+
+    name: str
+    fn: Callable[[str], str]
+
+    def __call__(self, doc: Document) -> Document | None:
+        text = self.fn(doc.text)
+        if not text or text.isspace():
+            return None
+        return doc if text == doc.text else Document(text, doc.source)
+
+
+def unicode_normalizer(form: str) -> Transform:
+    """A step that puts text in Unicode normal form ``form`` (NFC, NFKC, NFD or NFKD)."""
+    if form not in NORMAL_FORMS:
+        raise ValueError(f"Unknown Unicode normal form {form!r}; choose one of {', '.join(NORMAL_FORMS)}.")
+    return Transform(f"normalize_{form}", lambda text: unicodedata.normalize(form, text))
+
+
+# -- the pipeline -------------------------------------------------------------------------------------
+@dataclass
+class StepStats:
+    """Documents and UTF-8 bytes into and out of one step."""
+
+    name: str
+    docs_in: int = 0
+    docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    @property
+    def docs_removed(self) -> int:
+        return self.docs_in - self.docs_out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "docs_removed": self.docs_removed}
+
+
+def step_name(step: Step) -> str:
+    """A step's ``name`` attribute, else its function or class name."""
+    return getattr(step, "name", None) or getattr(step, "__name__", None) or type(step).__name__
+
+
+class Pipeline:
+    """Runs documents through ``steps`` in order, lazily, counting what each step keeps.
+
+    Counts accumulate over calls, and so does the state of dedup steps: documents of a second call are
+    deduplicated against those of the first (use a new pipeline for an unrelated corpus).
+    """
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = list(steps)
+        self.stats = [StepStats(step_name(s)) for s in self.steps]
+
+    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
+        for doc in docs:
+            size = len(doc.text.encode("utf-8"))
+            for step, stats in zip(self.steps, self.stats, strict=True):
+                stats.docs_in += 1
+                stats.bytes_in += size
+                out = step(doc)
+                if out is None:
+                    break
+                if out is not doc:
+                    size = len(out.text.encode("utf-8"))
+                    doc = out
+                stats.docs_out += 1
+                stats.bytes_out += size
+            else:
+                yield doc
+
+    def report(self) -> list[dict[str, Any]]:
+        """One dict per step, in order: name, docs_in, docs_out, docs_removed, bytes_in, bytes_out."""
+        keys = ("name", "docs_in", "docs_out", "docs_removed", "bytes_in", "bytes_out")
+        return [{k: s.as_dict()[k] for k in keys} for s in self.stats]
+
+
+@dataclass
+class CleanConfig:
+    """How documents are cleaned, filtered and deduplicated. A bound set to None turns its filter off.
+
+    The defaults keep ordinary English prose and verse (every Shakespeare play, Milton, each book of
+    the Bible) and drop empty, binary, symbol-soup and copy-pasted documents.
+    """
+
+    normalize: str | None = "NFC"
+    """Unicode normal form applied first (NFC, NFKC, NFD, NFKD), or None to leave text as read."""
+    clean_whitespace: bool = True
+    """Normalise line endings, drop control characters and trailing spaces, keep at most 2 blank lines."""
+    strip_boilerplate: bool = True
+    """Cut Project Gutenberg headers and licences (documents without the markers are unchanged)."""
+    min_chars: int | None = 100
+    """Drop documents shorter than this many characters (after the clean-up)."""
+    max_chars: int | None = None
+    """Drop documents longer than this many characters."""
+    min_alpha_ratio: float | None = 0.6
+    """Drop documents where letters are less than this share of the non-whitespace characters."""
+    max_symbol_ratio: float | None = 0.1
+    """Drop documents where symbols (not letters, digits or common punctuation; U+FFFD counts) are more
+    than this share of the non-whitespace characters."""
+    max_repetition_ratio: float | None = 0.3
+    """Drop documents where lines that repeat an earlier line hold more than this share of the characters."""
+    max_ngram_repetition_ratio: float | None = 0.2
+    """Drop documents where more than this share of the word n-grams (n = repetition_ngram) are repeats."""
+    repetition_ngram: int = 10
+    """Word n-gram length for max_ngram_repetition_ratio."""
+    min_stopword_ratio: float | None = 0.1
+    """Drop documents where English stop words are less than this share of the whitespace tokens."""
+    min_chars_per_token: float | None = 3.0
+    """Drop documents whose whitespace-separated tokens are shorter than this on average."""
+    max_chars_per_token: float | None = 10.0
+    """Drop documents whose whitespace-separated tokens are longer than this on average."""
+    exact_dedup: bool = True
+    """Drop documents whose text (whitespace collapsed, case folded) was seen before."""
+    near_dedup: bool = True
+    """Drop documents that are near-copies of earlier ones (MinHash LSH over word shingles)."""
+    minhash_threshold: float = 0.8
+    """Estimated Jaccard similarity of word shingles at or above which a document is a near-copy."""
+    minhash_num_perm: int = 128
+    """Permutations in a MinHash signature: more is more precise and slower."""
+    shingle_size: int = 5
+    """Words per shingle for near-dedup."""
+
+    def __post_init__(self) -> None:
+        if self.normalize is not None and self.normalize not in NORMAL_FORMS:
+            raise ValueError(
+                f"normalize must be one of {', '.join(NORMAL_FORMS)} or None, got {self.normalize!r}"
+            )
+        for name in ("min_alpha_ratio", "max_symbol_ratio", "max_repetition_ratio", "max_ngram_repetition_ratio",
+                     "min_stopword_ratio", "minhash_threshold"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a fraction between 0 and 1, got {value}")
+        if self.repetition_ngram < 1 or self.shingle_size < 1 or self.minhash_num_perm < 2:
+            raise ValueError("repetition_ngram and shingle_size must be >= 1, minhash_num_perm >= 2")
+
+
+def build_pipeline(cfg: CleanConfig) -> Pipeline:
+    """The steps ``cfg`` asks for, in order: normalise, whitespace, boilerplate, filters, dedup."""
+    steps: list[Step] = []
+    if cfg.normalize is not None:
+        steps.append(unicode_normalizer(cfg.normalize))
+    if cfg.clean_whitespace:
+        steps.append(Transform("whitespace", clean_whitespace))
+    if cfg.strip_boilerplate:
+        steps.append(Transform("gutenberg_boilerplate", strip_gutenberg))
+    steps += quality_filters(
+        min_chars=cfg.min_chars,
+        max_chars=cfg.max_chars,
+        min_alpha_ratio=cfg.min_alpha_ratio,
+        max_symbol_ratio=cfg.max_symbol_ratio,
+        max_line_repetition=cfg.max_repetition_ratio,
+        max_ngram_repetition=cfg.max_ngram_repetition_ratio,
+        repetition_ngram=cfg.repetition_ngram,
+        min_stopword_ratio=cfg.min_stopword_ratio,
+        min_chars_per_token=cfg.min_chars_per_token,
+        max_chars_per_token=cfg.max_chars_per_token,
+    )
+    if cfg.exact_dedup:
+        steps.append(ExactDedup())
+    if cfg.near_dedup:
+        steps.append(NearDedup(cfg.minhash_threshold, cfg.minhash_num_perm, cfg.shingle_size))
+    return Pipeline(steps)

@@ -1,0 +1,195 @@
+"""A LightningDataModule that streams fixed-length token blocks from a prepared dataset (litdata).
+
+Each item is ``block_size + 1`` consecutive tokens; the training step takes ``x = batch[:, :-1]`` and
+``y = batch[:, 1:]``. Blocks never overlap and never span two chunk files.
+
+The position of the training loader is part of the module's ``state_dict``, which Lightning stores in
+every checkpoint; on resume it is restored into the loader when the loader is created, so the run goes
+on with exactly the batches an uninterrupted run would have seen (litdata does not do this by itself
+under the Trainer, litData issue #775).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from lightning_llm.data.prepare import MARKER, TOKENIZER_DIR, read_marker
+from lightning_llm.data.tokenizer import Tokenizer, TokenizerError
+
+
+class DataError(ValueError):
+    """A dataset that is missing, incomplete, too small, or does not fit the model."""
+
+
+def collate_tokens(items: list[Any]) -> torch.Tensor:
+    """Stack token blocks (numpy uint16/int32 arrays or tensors) into a ``(B, block_size + 1)`` LongTensor."""
+    if isinstance(items[0], torch.Tensor):
+        return torch.stack(items).long()
+    return torch.from_numpy(np.stack(items).astype(np.int64))
+
+
+class TokenDataModule(L.LightningDataModule):
+    """Batches of token blocks from a directory written by ``lightning-llm prepare``.
+
+    Args:
+        path: Prepared dataset directory (holds train/, val/, tokenizer/ and prepared.json).
+        batch_size: Blocks per batch (per device).
+        block_size: Tokens the model sees per sequence; items hold ``block_size + 1`` tokens.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        shuffle: Shuffle the training blocks (chunk order and blocks within chunks), seeded.
+        seed: Seed of the shuffle; the same seed gives the same batches.
+        drop_last: Drop the last incomplete batch of each epoch, so every batch has ``batch_size`` rows.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/classics",
+        batch_size: int = 8,
+        block_size: int = 256,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        seed: int = 42,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or block_size < 1 or num_workers < 0:
+            raise DataError(
+                f"batch_size and block_size must be positive and num_workers >= 0; "
+                f"got batch_size={batch_size}, block_size={block_size}, num_workers={num_workers}"
+            )
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.block_size = block_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self._marker = _check_prepared(self.path)
+        self._tokenizer = Tokenizer.load(self.path / TOKENIZER_DIR)
+        self._train_loader: Any = None
+        self._pending_state: dict[str, Any] | None = None
+
+    # -- what the model needs to know before setup -------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the dataset was written with."""
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids in the dataset's tokenizer (special tokens included)."""
+        return self._tokenizer.vocab_size
+
+    def check_vocab(self, model_vocab_size: int) -> None:
+        """Raise if the model's embedding table cannot hold every token id of this dataset."""
+        if self.vocab_size > model_vocab_size:
+            padded = -(-self.vocab_size // 64) * 64
+            raise DataError(
+                f"The dataset {self.path} uses tokenizer {self._tokenizer.name} with {self.vocab_size} ids, "
+                f"but the model's vocab_size is {model_vocab_size}. Set model.config.vocab_size to at least "
+                f"{self.vocab_size} (e.g. {padded}, a multiple of 64), or link it from data.vocab_size."
+            )
+
+    def check_tokenizer(self, expected_fingerprint: str) -> None:
+        """Raise if this dataset was tokenized with another tokenizer than ``expected_fingerprint``."""
+        actual = self._tokenizer.fingerprint()
+        if actual != expected_fingerprint:
+            raise TokenizerError(
+                f"The dataset {self.path} was tokenized with {self._tokenizer.name} ({actual[:12]}), "
+                f"not with the tokenizer the model was trained with ({expected_fingerprint[:12]}). "
+                f"Token ids would mean different text: use the dataset the checkpoint was trained on, "
+                f"or prepare this corpus with the checkpoint's tokenizer."
+            )
+
+    def num_blocks(self, split: str) -> int:
+        """Items of ``block_size + 1`` tokens in ``split`` (blocks do not span chunk files)."""
+        index = json.loads((self.path / split / "index.json").read_text())
+        return sum(int(c["dim"] or 0) // (self.block_size + 1) for c in index["chunks"])
+
+    # -- loaders ------------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> Any:
+        from litdata import StreamingDataLoader, StreamingDataset
+        from litdata.streaming.item_loader import TokensLoader
+
+        if self.num_blocks(split) == 0:
+            index = json.loads((self.path / split / "index.json").read_text())
+            largest = max((int(c["dim"] or 0) for c in index["chunks"]), default=0)
+            raise DataError(
+                f"The {split} split of {self.path} is too small for one block of block_size + 1 = "
+                f"{self.block_size + 1} tokens (its largest chunk holds {largest}). Use a smaller "
+                f"block_size, or prepare more text (a larger corpus or a larger --val_fraction)."
+            )
+        dataset = StreamingDataset(
+            input_dir=str((self.path / split).resolve()),
+            item_loader=TokensLoader(block_size=self.block_size + 1),
+            shuffle=shuffle,
+            seed=self.seed,
+            drop_last=self.drop_last,
+        )
+        return StreamingDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate_tokens,
+            drop_last=self.drop_last,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> Any:
+        """Shuffled (if ``shuffle``) training batches, resumed from a loaded state if there is one."""
+        self._train_loader = self._loader("train", self.shuffle)
+        if self._pending_state is not None:
+            self._train_loader.load_state_dict(self._pending_state)
+            self._pending_state = None
+        return self._train_loader
+
+    def val_dataloader(self) -> Any:
+        """Validation batches in order (never shuffled)."""
+        return self._loader("val", shuffle=False)
+
+    # -- checkpointing ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Training loader position, tokenizer fingerprint and block size (saved in Lightning checkpoints)."""
+        if self._train_loader is not None:
+            loader_state = self._train_loader.state_dict()
+        else:  # saved before training started, or right after a resume: keep what was loaded
+            loader_state = self._pending_state
+        return {
+            "train_loader": loader_state,
+            "tokenizer_fingerprint": self._tokenizer.fingerprint(),
+            "block_size": self.block_size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the training loader position; checks the tokenizer and block size first."""
+        self.check_tokenizer(state_dict["tokenizer_fingerprint"])
+        if state_dict["block_size"] != self.block_size:
+            raise DataError(
+                f"The checkpoint was trained on blocks of {state_dict['block_size']} tokens, this datamodule "
+                f"makes blocks of {self.block_size}: the loader position cannot be restored. "
+                f"Resume with data.block_size={state_dict['block_size']}."
+            )
+        self._pending_state = state_dict["train_loader"]
+        if self._pending_state is not None and self._train_loader is not None:
+            self._train_loader.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+
+def _check_prepared(path: Path) -> dict[str, Any]:
+    hint = f"Prepare it with `lightning-llm prepare --output_dir {path}` (see configs/data/classics.yaml)."
+    if not path.is_dir():
+        raise DataError(f"No dataset at {path}. {hint}")
+    marker = read_marker(path)
+    if marker is None:
+        raise DataError(f"{path} is not a (completely) prepared dataset: no {MARKER}. {hint}")
+    for part in ("train/index.json", "val/index.json", f"{TOKENIZER_DIR}/tokenizer.json"):
+        if not (path / part).is_file():
+            raise DataError(f"{path} is incomplete: {part} is missing. Rebuild it: {hint}")
+    return marker

@@ -1,0 +1,338 @@
+"""Prepare a corpus for training: read → clean/filter/dedup → split → tokenizer → litdata token shards.
+
+Output layout of ``output_dir``::
+
+    train/  val/      litdata ``optimize`` outputs: documents as token arrays, each ending in <|endoftext|>
+    tokenizer/        the tokenizer (``Tokenizer.load``); for a trained BPE also the HF tokenizer
+    report.json       what was read, removed and written, with timings
+    prepared.json     completion marker: the settings that produced this directory (written last)
+
+A complete directory prepared with the same settings is reused; one without a marker (an interrupted
+run) is rebuilt; a complete one with other settings is refused unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm.auto import tqdm
+
+from lightning_llm.data.clean import CleanConfig, build_pipeline
+from lightning_llm.data.shards import (
+    ShardWriter,
+    read_shard,
+    split_key,
+    split_text,
+    tokenize_shard,
+    tokens_in,
+)
+from lightning_llm.data.sources import Document, resolve_source
+from lightning_llm.data.tokenizer import (
+    HF_TOKENIZER_FILE,
+    Tokenizer,
+    gpt2_tokenizer,
+    train_bpe_with_hf,
+)
+
+SPLITS = ("train", "val")
+MARKER = "prepared.json"
+REPORT = "report.json"
+TOKENIZER_DIR = "tokenizer"
+STAGING = ".staging"
+TOKENIZERS = ("bpe", "gpt2")
+_OWNED = (*SPLITS, TOKENIZER_DIR, STAGING, REPORT, MARKER)  # the only paths prepare ever deletes
+
+
+class PrepareError(RuntimeError):
+    """A dataset that cannot be prepared, or an existing one that does not match the request."""
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of ``lightning-llm prepare``."""
+
+    source: str = "classics"
+    """Registered source name (``classics``), a text/JSONL/Parquet file, a directory or a glob."""
+    text_field: str = "text"
+    """Field holding the text in JSONL/Parquet records."""
+    output_dir: str = "data/classics"
+    """Directory that receives train/, val/, tokenizer/ and report.json."""
+    tokenizer: Literal["bpe", "gpt2"] = "bpe"
+    """``bpe``: train a byte-level BPE on the cleaned training split; ``gpt2``: GPT-2's BPE (50257 ids)."""
+    vocab_size: int = 8192
+    """Vocabulary size of the trained BPE, <|endoftext|> included (ignored for gpt2)."""
+    val_fraction: float = 0.05
+    """Fraction of documents held out for validation (split by document, seeded)."""
+    seed: int = 42
+    """Seed of the train/val split."""
+    num_workers: int = 2
+    """Processes for tokenization and litdata optimize."""
+    chunk_bytes: str = "32MB"
+    """Size of each litdata chunk file; a block never spans two chunks."""
+    staging_shard_bytes: int = 4_000_000
+    """Cleaned text per intermediate shard; shards are the unit of work of the tokenizing workers."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """Cleaning, quality filters and deduplication."""
+    cache_dir: str | None = None
+    """Where registered sources are cached (default: the source's own default)."""
+    overwrite: bool = False
+    """Rebuild an existing dataset prepared with other settings."""
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in TOKENIZERS:
+            raise PrepareError(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {self.tokenizer!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise PrepareError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
+        if self.tokenizer == "bpe" and self.vocab_size < 258:
+            raise PrepareError(f"vocab_size must be at least 258 for a byte-level BPE; got {self.vocab_size}")
+
+
+def settings_of(cfg: PrepareConfig, source_fingerprint: str) -> dict[str, Any]:
+    """The settings that determine a prepared directory's content (what the marker records)."""
+    return {
+        "source_fingerprint": source_fingerprint,
+        "text_field": cfg.text_field,
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
+        "val_fraction": cfg.val_fraction,
+        "seed": cfg.seed,
+        "chunk_bytes": cfg.chunk_bytes,
+        "clean": asdict(cfg.clean),
+    }
+
+
+def fingerprint_of(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_marker(directory: str | Path) -> dict[str, Any] | None:
+    """The completion marker of a prepared directory, or None if it is not (completely) prepared."""
+    path = Path(directory) / MARKER
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _check_existing(out: Path, cfg: PrepareConfig, wanted: dict[str, Any]) -> bool:
+    """True if ``out`` already holds this dataset; raises if it holds another one."""
+    marker = read_marker(out)
+    if marker is None:
+        return False
+    if marker["fingerprint"] == fingerprint_of(wanted):
+        tok = Tokenizer.load(out / TOKENIZER_DIR)
+        if tok.fingerprint() != marker["tokenizer"]["fingerprint"]:
+            if cfg.overwrite:
+                return False
+            raise PrepareError(
+                f"{out}/{TOKENIZER_DIR} holds tokenizer {tok.name} ({tok.fingerprint()[:12]}) but the shards "
+                f"were written with {marker['tokenizer']['name']} ({marker['tokenizer']['fingerprint'][:12]}). "
+                f"Rebuild with --overwrite true."
+            )
+        return True
+    if cfg.overwrite:
+        return False
+    have, want = _flatten(marker["settings"]), _flatten(wanted)
+    keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    diffs = [f"  {k}: existing {have.get(k)!r}, requested {want.get(k)!r}" for k in keys]
+    raise PrepareError(
+        f"{out} was prepared with different settings:\n"
+        + "\n".join(diffs)
+        + "\nPass --overwrite true to rebuild it, or choose another --output_dir."
+    )
+
+
+def _clear(out: Path) -> None:
+    """Remove what an earlier (partial or replaced) run of prepare wrote; nothing else."""
+    for name in _OWNED:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _read_and_split(cfg: PrepareConfig, source: Any, staging: Path) -> tuple[dict[str, Any], Any, dict]:
+    """Stream documents through the cleaning pipeline into train/val staging shards."""
+    pipeline = build_pipeline(cfg.clean)
+    writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes) for s in SPLITS}
+    read = {"documents": 0, "bytes": 0}
+    bar = tqdm(desc="read + clean", unit="B", unit_scale=True, unit_divisor=1024)
+
+    def counted() -> Iterator[Document]:
+        for doc in source.documents():
+            read["documents"] += 1
+            n = len(doc.text.encode("utf-8", "surrogatepass"))
+            read["bytes"] += n
+            bar.update(n)
+            yield doc
+
+    for doc in pipeline(counted()):
+        split = "val" if split_key(doc.text, cfg.seed) < cfg.val_fraction else "train"
+        writers[split].write(doc.text)
+    bar.close()
+    _ensure_both_splits(writers, cfg.val_fraction)
+    for w in writers.values():
+        w.close()
+    return read, pipeline, writers
+
+
+def _ensure_both_splits(writers: dict[str, ShardWriter], val_fraction: float) -> None:
+    """Give an empty split one document of the other (or half of a lone document's lines)."""
+    train, val = writers["train"], writers["val"]
+    if train.documents + val.documents == 0:
+        return
+    for empty, full in ((val, train), (train, val)):
+        if empty.documents == 0:
+            last = full.pop_last()
+            if full.documents > 0:
+                empty.write(last)
+            else:  # a single-document corpus: hold out its tail, cut at a line break
+                head, tail = split_text(last, val_fraction)
+                (full if full is train else empty).write(head)
+                (empty if full is train else full).write(tail)
+
+
+def _build_tokenizer(cfg: PrepareConfig, writers: dict[str, ShardWriter], tok_dir: Path) -> Tokenizer:
+    if cfg.tokenizer == "gpt2":
+        tok = gpt2_tokenizer()
+    else:
+        texts = (t for p in writers["train"].paths for t in read_shard(p))
+        print(f"Training a byte-level BPE with {cfg.vocab_size} ids on {writers['train'].bytes / 1e6:.1f} MB")
+        tok, hf = train_bpe_with_hf(texts, cfg.vocab_size, show_progress=True)
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        hf.save(str(tok_dir / HF_TOKENIZER_FILE))
+    tok.save(tok_dir)
+    return tok
+
+
+def _optimize(cfg: PrepareConfig, paths: list[str], out: Path, tok_dir: Path) -> None:
+    import litdata
+    from litdata.streaming.item_loader import TokensLoader
+
+    litdata.optimize(
+        fn=partial(tokenize_shard, tokenizer_dir=str(tok_dir.resolve())),
+        inputs=paths,
+        output_dir=str(out.resolve()),
+        chunk_bytes=cfg.chunk_bytes,
+        item_loader=TokensLoader(),
+        num_workers=max(1, min(cfg.num_workers, len(paths))),
+        reorder_files=False,
+        start_method="fork",
+    )
+
+
+def prepare(cfg: PrepareConfig) -> Path:
+    """Prepare ``cfg.source`` into ``cfg.output_dir`` (or reuse it) and return that directory."""
+    t_start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    source = resolve_source(cfg.source, text_field=cfg.text_field, cache_dir=cfg.cache_dir)
+    wanted = settings_of(cfg, source.fingerprint())
+    if _check_existing(out, cfg, wanted):
+        print(f"Reusing {out}: already prepared with these settings (pass --overwrite true to rebuild).")
+        return out
+    if out.exists():
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging, tok_dir = out / STAGING, out / TOKENIZER_DIR
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    read, pipeline, writers = _read_and_split(cfg, source, staging)
+    timings["read_clean_split_s"] = time.perf_counter() - t
+    report: dict[str, Any] = {
+        "source": {
+            "spec": cfg.source,
+            "fingerprint": wanted["source_fingerprint"],
+            "stats": dict(source.stats),
+        },
+        "documents_read": read["documents"],
+        "bytes_read": read["bytes"],
+        "clean": pipeline.report(),
+    }
+    report["duplicates_removed"] = sum(s["docs_removed"] for s in report["clean"] if "dedup" in s["name"])
+    report["documents_kept"] = writers["train"].documents + writers["val"].documents
+    report["bytes_kept"] = writers["train"].bytes + writers["val"].bytes
+    if report["documents_kept"] == 0:
+        (out / REPORT).write_text(json.dumps(report, indent=2))
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PrepareError(
+            f"No documents left after cleaning {cfg.source!r} ({read['documents']} read):\n"
+            + format_clean_report(report["clean"])
+            + f"\nReport written to {out / REPORT}. Relax the --clean.* options or check --source/--text_field."
+        )
+
+    t = time.perf_counter()
+    tok = _build_tokenizer(cfg, writers, tok_dir)
+    timings["tokenizer_s"] = time.perf_counter() - t
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        t = time.perf_counter()
+        _optimize(cfg, writers[split].paths, out / split, tok_dir)
+        timings[f"tokenize_optimize_{split}_s"] = time.perf_counter() - t
+        w = writers[split]
+        splits[split] = {"documents": w.documents, "bytes": w.bytes, "tokens": tokens_in(out / split)}
+    shutil.rmtree(staging, ignore_errors=True)
+    n_tokens = sum(s["tokens"] for s in splits.values())
+    timings["total_s"] = time.perf_counter() - t_start
+    tok_info = {
+        "name": tok.name,
+        "vocab_size": tok.vocab_size,
+        "eot_id": tok.eot_id,
+        "fingerprint": tok.fingerprint(),
+    }
+    report |= {
+        "splits": splits,
+        "tokens_per_byte": n_tokens / max(1, report["bytes_kept"]),
+        "tokenizer": tok_info,
+        "timings": timings,
+        "mb_per_s": read["bytes"] / 1e6 / timings["total_s"],
+    }
+    (out / REPORT).write_text(json.dumps(report, indent=2))
+    marker = {
+        "fingerprint": fingerprint_of(wanted),
+        "settings": wanted,
+        "tokenizer": tok_info,
+        "source": cfg.source,
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2))
+    print(summary(report, out))
+    return out
+
+
+def format_clean_report(steps: list[dict[str, Any]]) -> str:
+    """The cleaning pipeline's per-step counts as a small text table."""
+    lines = [f"  {'step':<24}{'docs in':>10}{'removed':>10}{'docs out':>10}{'MB out':>10}"]
+    for s in steps:
+        lines.append(
+            f"  {s['name']:<24}{s['docs_in']:>10}{s['docs_removed']:>10}{s['docs_out']:>10}{s['bytes_out'] / 1e6:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def summary(report: dict[str, Any], out: Path) -> str:
+    """A human-readable summary of a report."""
+    sp = report["splits"]
+    return (
+        f"Prepared {out}: {report['documents_read']} documents / {report['bytes_read'] / 1e6:.1f} MB read, "
+        f"{report['documents_kept']} kept ({report['duplicates_removed']} duplicates removed)\n"
+        + format_clean_report(report["clean"])
+        + f"\n  tokens: train {sp['train']['tokens']:,}, val {sp['val']['tokens']:,} "
+        f"({report['tokens_per_byte']:.3f} tokens/byte, tokenizer {report['tokenizer']['name']})\n"
+        f"  {report['timings']['total_s']:.1f} s, {report['mb_per_s']:.2f} MB/s"
+    )
