@@ -100,9 +100,10 @@ class LossCurvePlot(L.Callback):
         self.train, self.val = list(state_dict["train"]), list(state_dict["val"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective under some strategies: every rank must ask
         if not trainer.is_global_zero or not self.train:
             return
-        self.path = self.write(Path(trainer.log_dir or trainer.default_root_dir) / self.filename)
+        self.path = self.write(Path(log_dir or trainer.default_root_dir) / self.filename)
 
     def write(self, path: Path) -> Path:
         import matplotlib

@@ -120,15 +120,19 @@ class GPTConfig:
             check_options(kind, spec.name, factory, spec.options)
 
     def num_params(self, include_embedding: bool = True) -> int:
-        """Parameter count estimate (exact for the built-in components)."""
-        c = self.n_embd
+        """Parameter count of the built-in components (plugins may add their own)."""
+        c, h = self.n_embd, self.intermediate_size
         kv = self.n_kv_head * self.head_dim  # type: ignore[operator]
-        attn = c * c + 2 * c * kv + c * c
-        mlp_mult = 3 if self.mlp.name == "swiglu" else 2  # type: ignore[union-attr]
-        mlp = mlp_mult * c * self.intermediate_size  # type: ignore[operator]
-        n = self.n_layer * (attn + mlp)
+        b = int(self.bias)
+        attn = c * (c + 2 * kv) + b * (c + 2 * kv) + c * c + b * c
+        n_in = 2 if self.mlp.name == "swiglu" else 1  # type: ignore[union-attr]
+        mlp = n_in * (c * h + b * h) + h * c + b * c  # type: ignore[operator]
+        norm = c * (2 if self.norm.name == "layernorm" and self.bias else 1)  # type: ignore[union-attr]
+        n = self.n_layer * (attn + mlp + 2 * norm) + norm
         if include_embedding:
             n += self.vocab_size * c * (1 if self.tie_embeddings else 2)
+            if self.positional.name == "learned":  # type: ignore[union-attr]
+                n += self.block_size * c
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:

@@ -239,7 +239,10 @@ class LitGPT(L.LightningModule):
         cfg = self.optim_cfg
         fused = cfg.fused
         if fused is None:
-            fused = self.device.type in ("cuda", "cpu")
+            # Lightning's AMP plugin refuses gradient clipping with a fused optimizer (it assumes fused
+            # AdamW unscales internally), so fused is only the default where that combination can't occur.
+            amp_clip = bool(self.trainer.gradient_clip_val) and str(self.trainer.precision).endswith("-mixed")
+            fused = self.device.type in ("cuda", "cpu") and not amp_clip
         kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
         try:
             opt = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kwargs)
