@@ -45,6 +45,7 @@ def _lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
     from lightning_llm.callbacks import LossCurvePlot, SpeedMonitor
+    from lightning_llm.checkpointing import AtomicCheckpointIO
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
 
@@ -73,6 +74,7 @@ def _lightning_cli(argv: list[str]) -> None:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "callbacks": [LearningRateMonitor(logging_interval="step"), LossCurvePlot()],
+            "plugins": [AtomicCheckpointIO()],
         },
         parser_kwargs={"default_env": False},
         auto_configure_optimizers=False,

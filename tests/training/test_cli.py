@@ -156,3 +156,46 @@ def test_fsdp2_shards_trains_and_resumes(tiny_dataset, tmp_path):
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert [r["global_step"] for r in reports] == [5, 5]
     assert all(r["first_step_seen"] == 3 for r in reports)  # resumed, not restarted
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_dataset, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), f"--data.path={tiny_dataset}", *TINY,
+            f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", "--trainer.max_steps=100000",
+            "--checkpoint.every_n_train_steps=2", "--trainer.val_check_interval=1000"]
+    proc = subprocess.Popen([sys.executable, "-m", "lightning_llm", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it get into the middle of more steps (and maybe a checkpoint write)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert last.is_file(), out[-3000:]
+    ckpt = torch.load(last, weights_only=True)  # complete and loadable
+    assert ckpt["global_step"] >= 2
+    assert not list((tmp_path / "ckpt").glob(".*.tmp"))
+    fit(tmp_path, tiny_dataset, "quickstart.yaml", f"--trainer.max_steps={ckpt['global_step'] + 2}",
+        f"--ckpt_path={last}", "--checkpoint.every_n_train_steps=1000")
+    assert torch.load(last, weights_only=True)["global_step"] == ckpt["global_step"] + 2
+
+
+@pytest.mark.gpu
+def test_fsdp1_preset_trains_on_gpu(tiny_dataset, tmp_path):
+    fit(tmp_path, tiny_dataset, "fsdp1.yaml", "--trainer.devices=1", "--trainer.max_steps=3",
+        "--checkpoint.every_n_train_steps=3")
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "bf16-true"])
+def test_gpu_precisions(tiny_dataset, tmp_path, precision):
+    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.accelerator=gpu", f"--trainer.precision={precision}",
+        "--trainer.max_steps=3", "--checkpoint.every_n_train_steps=3")
+    assert (tmp_path / "ckpt" / "last.ckpt").exists()
