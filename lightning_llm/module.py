@@ -145,6 +145,9 @@ class LitGPT(L.LightningModule):
         parallel.parallelize(self, self.model)
 
     def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "check_vocab"):
+            dm.check_vocab(self.config.vocab_size)  # token ids must fit in the embedding table
         if stage == "fit":
             self._set_accumulation()
 

@@ -183,3 +183,10 @@ def test_compiled_blocks_train_like_eager(tiny_dataset, tmp_path):
         keys = set(lit.model.state_dict())
     assert "blocks.0.attn.qkv.weight" in keys
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-4)
+
+
+def test_vocab_smaller_than_tokenizer_is_refused(tiny_dataset, tmp_path):
+    dm = TokenDataModule(path=str(tiny_dataset), batch_size=4, block_size=BLOCK)
+    lit = LitGPT(tiny_config(dm.vocab_size - 10))
+    with pytest.raises(ValueError, match=str(dm.vocab_size)):
+        trainer(tmp_path, max_steps=1).fit(lit, dm)
