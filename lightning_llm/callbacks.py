@@ -12,7 +12,9 @@ import torch
 from lightning_llm.module import PRECISION_DTYPES
 
 
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5
+) -> float:
     """Achievable matmul FLOP/s on ``device`` in ``dtype`` (an (n x n) @ (n x n) loop), the MFU denominator."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)

@@ -37,7 +37,9 @@ def check_precision(precision: str, accelerator: str) -> None:
         )
     if precision.startswith("bf16") and accelerator in ("gpu", "cuda") and torch.cuda.is_available():
         if not torch.cuda.is_bf16_supported():
-            raise UserError(f"trainer.precision={precision}: this GPU has no bfloat16; use 16-mixed or 32-true.")
+            raise UserError(
+                f"trainer.precision={precision}: this GPU has no bfloat16; use 16-mixed or 32-true."
+            )
 
 
 def _lightning_cli(argv: list[str]) -> None:
@@ -55,10 +57,17 @@ def _lightning_cli(argv: list[str]) -> None:
     class LLMCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("model.config.block_size", "data.block_size")
-            parser.link_arguments("data.vocab_size", "model.config.vocab_size", compute_fn=pad_vocab,
-                                  apply_on="instantiate")
-            parser.set_defaults({"trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                                    "init_args": {"save_dir": "runs"}}})
+            parser.link_arguments(
+                "data.vocab_size", "model.config.vocab_size", compute_fn=pad_vocab, apply_on="instantiate"
+            )
+            parser.set_defaults(
+                {
+                    "trainer.logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": "runs"},
+                    }
+                }
+            )
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 200})
             parser.add_lightning_class_args(SpeedMonitor, "speed")
@@ -133,7 +142,9 @@ def _bench(argv: list[str]) -> None:
     # benchmarks/ lives next to the package in a source checkout (editable install), not inside it
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks").is_dir():
-        sys.exit("lightning-llm bench needs a source checkout: benchmarks/ is not installed with the package.")
+        sys.exit(
+            "lightning-llm bench needs a source checkout: benchmarks/ is not installed with the package."
+        )
     sys.path.insert(0, str(root))
     import importlib
 

@@ -81,7 +81,15 @@ class GPTConfig:
         self._validate()
 
     def _validate(self) -> None:
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size"):
+        for name in (
+            "vocab_size",
+            "block_size",
+            "n_layer",
+            "n_head",
+            "n_kv_head",
+            "n_embd",
+            "intermediate_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)}")
         if self.n_embd % self.n_head:

@@ -11,12 +11,12 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_llm.components.attention import AttentionKernel, AttentionRequest
 from lightning_llm.components.positional import PositionalContext, PositionalEncoding
 from lightning_llm.config import ComponentSpec, GPTConfig
+from lightning_llm.loss import linear_cross_entropy
 from lightning_llm.registry import ATTENTION, MLP, NORM, POSITIONAL
 
 
@@ -44,7 +44,14 @@ class CausalSelfAttention(nn.Module):
     """Projections, positional rotation and KV cache around a stateless attention kernel."""
 
     def __init__(
-        self, dim: int, n_head: int, n_kv_head: int, kernel: AttentionKernel, *, bias: bool, attn_dropout: float,
+        self,
+        dim: int,
+        n_head: int,
+        n_kv_head: int,
+        kernel: AttentionKernel,
+        *,
+        bias: bool,
+        attn_dropout: float,
         dropout: float,
     ) -> None:
         super().__init__()
@@ -100,7 +107,13 @@ class Block(nn.Module):
         c = config
         self.norm_1 = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.attn = CausalSelfAttention(
-            c.n_embd, c.n_head, c.n_kv_head, kernel, bias=c.bias, attn_dropout=c.attn_dropout, dropout=c.dropout
+            c.n_embd,
+            c.n_head,
+            c.n_kv_head,
+            kernel,
+            bias=c.bias,
+            attn_dropout=c.attn_dropout,
+            dropout=c.dropout,
         )
         self.norm_2 = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
         self.mlp = _build(MLP, c.mlp, c.n_embd, c.intermediate_size, bias=c.bias, dropout=c.dropout)
@@ -117,7 +130,11 @@ class Block(nn.Module):
 
 
 def check_compatible(
-    config: GPTConfig, kernel: AttentionKernel, pe: PositionalEncoding, device_type: str, dtype: torch.dtype,
+    config: GPTConfig,
+    kernel: AttentionKernel,
+    pe: PositionalEncoding,
+    device_type: str,
+    dtype: torch.dtype,
     training: bool = True,
 ) -> None:
     """Fail at build time, with what conflicts and what would work, if the kernel can't serve this model."""
@@ -156,14 +173,20 @@ class GPT(nn.Module):
     """
 
     def __init__(
-        self, config: GPTConfig, *, device_type: str | None = None, dtype: torch.dtype = torch.float32,
+        self,
+        config: GPTConfig,
+        *,
+        device_type: str | None = None,
+        dtype: torch.dtype = torch.float32,
         check_training: bool = True,
     ) -> None:
         super().__init__()
         config.check_components()
         self.config = c = config
         kernel: AttentionKernel = _build(ATTENTION, c.attention)
-        self.pe: PositionalEncoding = _build(POSITIONAL, c.positional, c.n_embd, c.n_head, c.head_dim, c.block_size)
+        self.pe: PositionalEncoding = _build(
+            POSITIONAL, c.positional, c.n_embd, c.n_head, c.head_dim, c.block_size
+        )
         if device_type is None:
             device_type = torch.get_default_device().type
         if device_type != "meta":
@@ -216,14 +239,21 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, start: int = 0
     ) -> torch.Tensor:
-        """Logits (B, T, vocab_size); with ``targets`` (B, T) the mean cross-entropy loss instead."""
+        """Logits (B, T, vocab_size); with ``targets`` (B, T) the mean cross-entropy loss instead.
+
+        The loss never materialises the (B*T, vocab_size) logits: ``linear_cross_entropy`` computes head,
+        loss and gradients chunk by chunk (equal, within rounding, to ``F.cross_entropy`` on the logits;
+        targets equal to -100 are ignored).
+        """
         x = self.hidden_states(idx, start)
         if targets is None:
             return self.lm_head(x)
-        return F.cross_entropy(self.lm_head(x).flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
 
     # -- KV cache ---------------------------------------------------------------------------------
-    def setup_kv_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+    def setup_kv_cache(
+        self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         """Allocate a static KV cache in every layer (used by ``generate``)."""
         c = self.config
         ref = self.wte.weight

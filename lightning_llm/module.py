@@ -16,8 +16,13 @@ from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
 
 PRECISION_DTYPES = {
-    "32-true": torch.float32, "32": torch.float32, "64-true": torch.float64,
-    "bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16, "16-mixed": torch.float16, "16-true": torch.float16,
+    "32-true": torch.float32,
+    "32": torch.float32,
+    "64-true": torch.float64,
+    "bf16-mixed": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "16-true": torch.float16,
 }
 
 
@@ -109,15 +114,26 @@ class LitGPT(L.LightningModule):
             config = GPTConfig.from_dict(config)
         config.check_components()  # unknown names / options fail here, before any data is touched
         self.config = config
-        self.optim_cfg = OptimizerConfig(**optimizer) if isinstance(optimizer, dict) else optimizer or OptimizerConfig()
-        self.sched_cfg = ScheduleConfig(**schedule) if isinstance(schedule, dict) else schedule or ScheduleConfig()
+        self.optim_cfg = (
+            OptimizerConfig(**optimizer) if isinstance(optimizer, dict) else optimizer or OptimizerConfig()
+        )
+        self.sched_cfg = (
+            ScheduleConfig(**schedule) if isinstance(schedule, dict) else schedule or ScheduleConfig()
+        )
         # plain types only, so checkpoints load with torch.load(weights_only=True)
-        self.save_hyperparameters({
-            "config": config.to_dict(), "optimizer": asdict(self.optim_cfg), "schedule": asdict(self.sched_cfg),
-            "global_batch_size": global_batch_size, "global_batch_tokens": global_batch_tokens,
-            "compile": compile, "activation_checkpointing": activation_checkpointing,
-            "tensor_parallel": tensor_parallel, "on_nonfinite_loss": on_nonfinite_loss,
-        })
+        self.save_hyperparameters(
+            {
+                "config": config.to_dict(),
+                "optimizer": asdict(self.optim_cfg),
+                "schedule": asdict(self.sched_cfg),
+                "global_batch_size": global_batch_size,
+                "global_batch_tokens": global_batch_tokens,
+                "compile": compile,
+                "activation_checkpointing": activation_checkpointing,
+                "tensor_parallel": tensor_parallel,
+                "on_nonfinite_loss": on_nonfinite_loss,
+            }
+        )
         self.global_batch_size = global_batch_size
         self.global_batch_tokens = global_batch_tokens
         self.compile = compile
@@ -252,7 +268,9 @@ class LitGPT(L.LightningModule):
         except (RuntimeError, ValueError):  # e.g. fused not supported for DTensor params on this build
             if cfg.fused:
                 raise
-            opt = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True)
+            opt = torch.optim.AdamW(
+                self.param_groups(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True
+            )
         total = self.sched_cfg.max_steps or int(self.trainer.estimated_stepping_batches)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.sched_cfg, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

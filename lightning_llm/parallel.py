@@ -79,7 +79,9 @@ def parallelize(lit: LitGPT, model: GPT) -> None:
         if lit.tensor_parallel and mesh["tensor_parallel"].size() > 1:
             apply_tensor_parallel(model, mesh["tensor_parallel"])
     elif lit.tensor_parallel:
-        raise ValueError("tensor_parallel needs trainer.strategy=ModelParallelStrategy (see configs/fsdp2.yaml)")
+        raise ValueError(
+            "tensor_parallel needs trainer.strategy=ModelParallelStrategy (see configs/fsdp2.yaml)"
+        )
     if lit.activation_checkpointing and not _fsdp1(strategy):
         apply_activation_checkpointing(model)
     if lit.compile:

@@ -110,7 +110,9 @@ class Registry(Generic[T]):
             self.load_entry_points()
         if name not in self._entries:
             if name in self._entry_point_errors:
-                raise ComponentError(f"{self.kind} '{name}' is installed but {self._entry_point_errors[name]}")
+                raise ComponentError(
+                    f"{self.kind} '{name}' is installed but {self._entry_point_errors[name]}"
+                )
             raise ComponentError(
                 f"Unknown {self.kind} '{name}'. Available: {', '.join(self.names())}. "
                 f"Third-party components are found through the entry-point group '{self.group}'."
@@ -165,7 +167,9 @@ def check_options(kind: str, name: str, factory: Callable[..., Any], options: di
         )
 
 
-ATTENTION: Registry[Any] = Registry("attention", "lightning_llm.attention", "lightning_llm.components.attention")
+ATTENTION: Registry[Any] = Registry(
+    "attention", "lightning_llm.attention", "lightning_llm.components.attention"
+)
 POSITIONAL: Registry[Any] = Registry(
     "positional", "lightning_llm.positional", "lightning_llm.components.positional"
 )

@@ -69,7 +69,9 @@ def generate(
         raise ValueError("The prompt encodes to no tokens; give a non-empty --prompt.")
     room = model.config.block_size - len(ids)
     if room <= 0:
-        raise ValueError(f"The prompt is {len(ids)} tokens; the model's block size is {model.config.block_size}.")
+        raise ValueError(
+            f"The prompt is {len(ids)} tokens; the model's block size is {model.config.block_size}."
+        )
     max_new_tokens = min(max_new_tokens, room)
     gen = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([ids], device=device)
@@ -84,11 +86,11 @@ def generate(
         out.append(t)
         text = tok.decode(out)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(shown):])
+            sys.stdout.write(text[len(shown) :])
             sys.stdout.flush()
             shown = text
     text = tok.decode(out)
-    sys.stdout.write(text[len(shown):] + "\n")
+    sys.stdout.write(text[len(shown) :] + "\n")
     sys.stdout.flush()
     return prompt + text
 

@@ -47,12 +47,22 @@ def test_readme_cli_command_parses(line, tmp_path):
         for i, a in enumerate(args):
             if a == "--config":
                 assert (ROOT / args[i + 1]).is_file(), f"README names a missing config {args[i + 1]}"
-        proc = subprocess.run([sys.executable, "-m", "lightning_llm", *args, "--print_config"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_llm", *args, "--print_config"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     else:
-        proc = subprocess.run([sys.executable, "-m", "lightning_llm", *args, "--help"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_llm", *args, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -31,10 +31,18 @@ class ShardReport(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         params = list(pl_module.model.parameters())
         opt = trainer.optimizers[0]
-        opt_numel = sum(_local_numel(v) for s in opt.state.values() for k, v in s.items()
-                        if torch.is_tensor(v) and k in ("exp_avg", "exp_avg_sq"))
-        checksum = sum(float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor")
-                       else float(p.detach().double().sum()) for p in params)
+        opt_numel = sum(
+            _local_numel(v)
+            for s in opt.state.values()
+            for k, v in s.items()
+            if torch.is_tensor(v) and k in ("exp_avg", "exp_avg_sq")
+        )
+        checksum = sum(
+            float(p.full_tensor().double().sum())
+            if hasattr(p, "full_tensor")
+            else float(p.detach().double().sum())
+            for p in params
+        )
         report = {
             "rank": trainer.global_rank,
             "world_size": trainer.world_size,

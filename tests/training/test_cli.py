@@ -15,32 +15,63 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
-    "--model.config.n_layer=2", "--model.config.n_head=2", "--model.config.n_kv_head=null",
-    "--model.config.n_embd=32", "--model.config.intermediate_size=64", "--model.config.block_size=32",
-    "--data.batch_size=4", "--data.num_workers=0", "--trainer.limit_val_batches=2",
+    "--model.config.n_layer=2",
+    "--model.config.n_head=2",
+    "--model.config.n_kv_head=null",
+    "--model.config.n_embd=32",
+    "--model.config.intermediate_size=64",
+    "--model.config.block_size=32",
+    "--data.batch_size=4",
+    "--data.num_workers=0",
+    "--trainer.limit_val_batches=2",
     "--trainer.enable_progress_bar=false",
 ]
 
 
 def cli(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "training"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lightning_llm", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_llm", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
     if check and proc.returncode:
-        raise AssertionError(f"lightning-llm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"lightning-llm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
 def fit(tmp_path: Path, data: Path, preset: str, *extra: str, check: bool = True):
-    return cli("fit", "--config", str(ROOT / "configs" / preset), f"--data.path={data}", *TINY,
-               f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
-               f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", *extra, cwd=tmp_path, check=check)
+    return cli(
+        "fit",
+        "--config",
+        str(ROOT / "configs" / preset),
+        f"--data.path={data}",
+        *TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        *extra,
+        cwd=tmp_path,
+        check=check,
+    )
 
 
 @pytest.mark.slow
 def test_quickstart_fit_then_generate(tiny_dataset, tmp_path):
-    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=12", "--trainer.val_check_interval=6",
-        "--checkpoint.every_n_train_steps=6", "--speed.log_every_n_steps=2")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--trainer.max_steps=12",
+        "--trainer.val_check_interval=6",
+        "--checkpoint.every_n_train_steps=6",
+        "--speed.log_every_n_steps=2",
+    )
     last = tmp_path / "ckpt" / "last.ckpt"
     assert last.is_file()
     logs = next((tmp_path / "logs").rglob("metrics.csv"))
@@ -52,11 +83,31 @@ def test_quickstart_fit_then_generate(tiny_dataset, tmp_path):
     vloss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert ppl and abs(ppl[-1] - torch.tensor(vloss[-1]).exp().item()) / ppl[-1] < 1e-3
     assert next((tmp_path / "logs").rglob("loss.png")).stat().st_size > 1000
-    out = cli("generate", "--ckpt_path", str(last), "--prompt", "ROMEO:", "--max_new_tokens", "20",
-              "--seed", "3", cwd=tmp_path)
+    out = cli(
+        "generate",
+        "--ckpt_path",
+        str(last),
+        "--prompt",
+        "ROMEO:",
+        "--max_new_tokens",
+        "20",
+        "--seed",
+        "3",
+        cwd=tmp_path,
+    )
     assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:") + 5
-    again = cli("generate", "--ckpt_path", str(last), "--prompt", "ROMEO:", "--max_new_tokens", "20",
-                "--seed", "3", cwd=tmp_path)
+    again = cli(
+        "generate",
+        "--ckpt_path",
+        str(last),
+        "--prompt",
+        "ROMEO:",
+        "--max_new_tokens",
+        "20",
+        "--seed",
+        "3",
+        cwd=tmp_path,
+    )
     assert again.stdout == out.stdout  # seeded
 
 
@@ -77,16 +128,35 @@ def test_unknown_component_fails_with_the_available_names(tiny_dataset, tmp_path
 
 
 def test_16_bit_mixed_precision_on_cpu_is_refused(tiny_dataset, tmp_path):
-    proc = fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.precision=16-mixed",
-               "--trainer.max_steps=1", check=False)
+    proc = fit(
+        tmp_path,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--trainer.precision=16-mixed",
+        "--trainer.max_steps=1",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "16-mixed" in proc.stderr and "bf16-mixed" in proc.stderr
 
 
 def test_generate_prompt_longer_than_block_size(tiny_dataset, tmp_path):
-    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=1", "--checkpoint.every_n_train_steps=1")
-    proc = cli("generate", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), "--prompt", "word " * 200,
-               cwd=tmp_path, check=False)
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--trainer.max_steps=1",
+        "--checkpoint.every_n_train_steps=1",
+    )
+    proc = cli(
+        "generate",
+        "--ckpt_path",
+        str(tmp_path / "ckpt" / "last.ckpt"),
+        "--prompt",
+        "word " * 200,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode != 0 and "block size" in proc.stderr
 
 
@@ -127,9 +197,16 @@ def test_help_lists_subcommands():
 
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_dataset, tmp_path):
-    fit(tmp_path, tiny_dataset, "ddp.yaml", "--trainer.max_steps=3", "--model.global_batch_size=16",
-        "--checkpoint.every_n_train_steps=3", "--trainer.callbacks+=shard_report.ShardReport",
-        f"--trainer.callbacks.init_args.out_dir={tmp_path}")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "ddp.yaml",
+        "--trainer.max_steps=3",
+        "--model.global_batch_size=16",
+        "--checkpoint.every_n_train_steps=3",
+        "--trainer.callbacks+=shard_report.ShardReport",
+        f"--trainer.callbacks.init_args.out_dir={tmp_path}",
+    )
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert len(reports) == 2
     assert all(r["world_size"] == 2 and r["accumulate_grad_batches"] == 2 for r in reports)
@@ -139,8 +216,15 @@ def test_ddp_two_processes_gloo(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_fsdp2_shards_trains_and_resumes(tiny_dataset, tmp_path):
-    fit(tmp_path, tiny_dataset, "fsdp2.yaml", "--trainer.max_steps=3", "--checkpoint.every_n_train_steps=3",
-        "--trainer.callbacks+=shard_report.ShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "fsdp2.yaml",
+        "--trainer.max_steps=3",
+        "--checkpoint.every_n_train_steps=3",
+        "--trainer.callbacks+=shard_report.ShardReport",
+        f"--trainer.callbacks.init_args.out_dir={tmp_path}",
+    )
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert len(reports) == 2
     for r in reports:
@@ -151,8 +235,15 @@ def test_fsdp2_shards_trains_and_resumes(tiny_dataset, tmp_path):
     assert last.is_dir()  # distributed checkpoint
     for p in tmp_path.glob("rank*.json"):
         p.unlink()
-    fit(tmp_path, tiny_dataset, "fsdp2.yaml", "--trainer.max_steps=5", f"--ckpt_path={last}",
-        "--trainer.callbacks+=shard_report.ShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "fsdp2.yaml",
+        "--trainer.max_steps=5",
+        f"--ckpt_path={last}",
+        "--trainer.callbacks+=shard_report.ShardReport",
+        f"--trainer.callbacks.init_args.out_dir={tmp_path}",
+    )
     reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert [r["global_step"] for r in reports] == [5, 5]
     assert all(r["first_step_seen"] == 3 for r in reports)  # resumed, not restarted
@@ -164,12 +255,27 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_dataset, tmp_path):
     import time
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), f"--data.path={tiny_dataset}", *TINY,
-            f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
-            f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}", "--trainer.max_steps=100000",
-            "--checkpoint.every_n_train_steps=2", "--trainer.val_check_interval=1000"]
-    proc = subprocess.Popen([sys.executable, "-m", "lightning_llm", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        f"--data.path={tiny_dataset}",
+        *TINY,
+        f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.max_steps=100000",
+        "--checkpoint.every_n_train_steps=2",
+        "--trainer.val_check_interval=1000",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_llm", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     last = tmp_path / "ckpt" / "last.ckpt"
     deadline = time.time() + 120
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -181,21 +287,40 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(tiny_dataset, tmp_path):
     ckpt = torch.load(last, weights_only=True)  # complete and loadable
     assert ckpt["global_step"] >= 2
     assert not list((tmp_path / "ckpt").glob(".*.tmp"))
-    fit(tmp_path, tiny_dataset, "quickstart.yaml", f"--trainer.max_steps={ckpt['global_step'] + 2}",
-        f"--ckpt_path={last}", "--checkpoint.every_n_train_steps=2")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "quickstart.yaml",
+        f"--trainer.max_steps={ckpt['global_step'] + 2}",
+        f"--ckpt_path={last}",
+        "--checkpoint.every_n_train_steps=2",
+    )
     assert torch.load(last, weights_only=True)["global_step"] == ckpt["global_step"] + 2
 
 
 @pytest.mark.gpu
 def test_fsdp1_preset_trains_on_gpu(tiny_dataset, tmp_path):
-    fit(tmp_path, tiny_dataset, "fsdp1.yaml", "--trainer.devices=1", "--trainer.max_steps=3",
-        "--checkpoint.every_n_train_steps=3")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "fsdp1.yaml",
+        "--trainer.devices=1",
+        "--trainer.max_steps=3",
+        "--checkpoint.every_n_train_steps=3",
+    )
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed", "bf16-true"])
 def test_gpu_precisions(tiny_dataset, tmp_path, precision):
-    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.accelerator=gpu", f"--trainer.precision={precision}",
-        "--trainer.max_steps=3", "--checkpoint.every_n_train_steps=3")
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--trainer.accelerator=gpu",
+        f"--trainer.precision={precision}",
+        "--trainer.max_steps=3",
+        "--checkpoint.every_n_train_steps=3",
+    )
     assert (tmp_path / "ckpt" / "last.ckpt").exists()

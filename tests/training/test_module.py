@@ -18,16 +18,30 @@ BLOCK = 32
 
 
 def tiny_config(vocab_size: int, **kw) -> GPTConfig:
-    base = dict(vocab_size=vocab_size, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, bias=False,
-                attention="sdpa", positional="rope", norm="rmsnorm", mlp="swiglu")
+    base = dict(
+        vocab_size=vocab_size,
+        block_size=BLOCK,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        bias=False,
+        attention="sdpa",
+        positional="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+    )
     return GPTConfig(**{**base, **kw})
 
 
 def make(path: Path, **kw) -> tuple[LitGPT, TokenDataModule]:
     dm = TokenDataModule(path=str(path), batch_size=4, block_size=BLOCK, num_workers=0, seed=7)
     vocab = (dm.vocab_size + 63) // 64 * 64
-    lit = LitGPT(tiny_config(vocab), optimizer=OptimizerConfig(lr=3e-3),
-                 schedule=ScheduleConfig(warmup_steps=2, max_steps=50), **kw)
+    lit = LitGPT(
+        tiny_config(vocab),
+        optimizer=OptimizerConfig(lr=3e-3),
+        schedule=ScheduleConfig(warmup_steps=2, max_steps=50),
+        **kw,
+    )
     return lit, dm
 
 
@@ -41,8 +55,16 @@ class LossRecorder(L.Callback):
 
 def trainer(tmp_path: Path, max_steps: int, callbacks=(), **kw) -> L.Trainer:
     return L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, callbacks=list(callbacks), **kw
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+        **kw,
     )
 
 
@@ -141,10 +163,13 @@ def test_resume_matches_uninterrupted_run(tiny_dataset, tmp_path):
     L.seed_everything(123)  # a different seed must not matter: everything comes from the checkpoint
     lit, dm = make(tiny_dataset)
     second = LossRecorder()
-    trainer(tmp_path / "b", max_steps=2 * n, callbacks=[second]).fit(lit, dm, ckpt_path=tmp_path / "b" / "last.ckpt")
+    trainer(tmp_path / "b", max_steps=2 * n, callbacks=[second]).fit(
+        lit, dm, ckpt_path=tmp_path / "b" / "last.ckpt"
+    )
     assert len(first.losses) == n and len(second.losses) == n
-    torch.testing.assert_close(torch.tensor(first.losses + second.losses), torch.tensor(full.losses),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(first.losses + second.losses), torch.tensor(full.losses), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_resume_with_other_config_is_refused(tiny_dataset, tmp_path):

@@ -14,8 +14,18 @@ from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
 from lightning_llm.parallel import apply_activation_checkpointing, apply_fsdp2, apply_tensor_parallel
 
-CFG = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, bias=False,
-                positional="rope", norm="rmsnorm", mlp="swiglu")
+CFG = GPTConfig(
+    vocab_size=96,
+    block_size=16,
+    n_layer=2,
+    n_head=4,
+    n_kv_head=2,
+    n_embd=32,
+    bias=False,
+    positional="rope",
+    norm="rmsnorm",
+    mlp="swiglu",
+)
 
 
 def _free_port() -> int:

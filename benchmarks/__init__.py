@@ -1,0 +1,1 @@
+"""Benchmarks: attention kernels, training step, generation (see RESULTS.md)."""

@@ -1,0 +1,154 @@
+"""``linear_cross_entropy`` against the fp64 ``F.cross_entropy(h @ W^T, y)`` reference: value and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_llm.loss import linear_cross_entropy
+
+# (atol on the loss, atol on gradients relative to their max magnitude)
+TOLERANCES = {torch.float32: (1e-5, 1e-4), torch.bfloat16: (2e-2, 3e-2)}
+
+
+def _reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100):
+    h = hidden.detach().double().requires_grad_()
+    w = weight.detach().double().requires_grad_()
+    loss = F.cross_entropy(h @ w.T, targets, ignore_index=ignore_index)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+def _inputs(n: int, c: int, v: int, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, c, generator=g).to(dtype).requires_grad_()
+    weight = (torch.randn(v, c, generator=g) * 0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g)
+    return hidden, weight, targets
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
+    scale = expected.abs().max().item() or 1.0
+    err = (actual.double() - expected).abs().max().item()
+    assert err <= rel * scale, f"max abs error {err:.3g} > {rel} * {scale:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 1000])
+def test_matches_reference(dtype: torch.dtype, chunk_size: int) -> None:
+    hidden, weight, targets = _inputs(67, 24, 101, dtype)  # 67 rows: no chunk size divides it
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size)
+    loss.backward()
+    ref, dh, dw = _reference(hidden, weight, targets)
+    atol, rel = TOLERANCES[dtype]
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - ref.item()) <= atol * max(1.0, ref.item())
+    assert hidden.grad.dtype == dtype and weight.grad.dtype == dtype
+    _close(hidden.grad, dh, rel)
+    _close(weight.grad, dw, rel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ignore_index(dtype: torch.dtype) -> None:
+    hidden, weight, targets = _inputs(50, 16, 40, dtype, seed=1)
+    targets[::3] = -100
+    targets[-5:] = -100
+    loss = linear_cross_entropy(hidden, weight, targets, chunk_size=16)
+    loss.backward()
+    ref, dh, dw = _reference(hidden, weight, targets)
+    atol, rel = TOLERANCES[dtype]
+    assert abs(loss.item() - ref.item()) <= atol * max(1.0, ref.item())
+    assert torch.all(hidden.grad[::3] == 0)
+    _close(hidden.grad, dh, rel)
+    _close(weight.grad, dw, rel)
+
+
+def test_custom_ignore_index_and_all_ignored() -> None:
+    hidden, weight, targets = _inputs(20, 8, 30, torch.float32, seed=2)
+    targets[:4] = 7
+    loss = linear_cross_entropy(hidden, weight, targets, ignore_index=7)
+    ref, _, _ = _reference(hidden, weight, targets, ignore_index=7)
+    assert abs(loss.item() - ref.item()) < 1e-5
+    all_ignored = torch.full_like(targets, -100)
+    loss = linear_cross_entropy(hidden, weight, all_ignored)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(hidden.grad == 0)
+
+
+def test_tied_weight_gradients_add_up() -> None:
+    """The head weight shared with an embedding: autograd sums both gradients, as with nn.Linear."""
+    torch.manual_seed(3)
+    emb = torch.nn.Embedding(30, 12)
+    idx = torch.randint(0, 30, (4, 9))
+    targets = torch.randint(0, 30, (36,))
+
+    hidden = torch.tanh(emb(idx)).flatten(0, 1)  # (36, 12)
+    linear_cross_entropy(hidden, emb.weight, targets, chunk_size=10).backward()
+    ours = emb.weight.grad.clone()
+
+    emb.weight.grad = None
+    emb64 = emb.double()
+    hidden = torch.tanh(emb64(idx)).flatten(0, 1)
+    F.cross_entropy(hidden @ emb64.weight.T, targets).backward()
+    _close(ours, emb64.weight.grad, 1e-5)
+
+
+def test_autocast_bf16_matches_plain_autocast_path() -> None:
+    """Under autocast the matmuls run in bf16, the softmax in fp32: same numbers as lm_head + F.cross_entropy."""
+    hidden, weight, targets = _inputs(40, 32, 64, torch.float32, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(hidden, weight, targets, chunk_size=16)
+        plain = F.cross_entropy((hidden @ weight.T).float(), targets)
+    assert abs(ours.item() - plain.item()) < 1e-3
+    ours.backward()
+    assert weight.grad.dtype == torch.float32
+    _, _, dw = _reference(hidden, weight, targets)
+    _close(weight.grad, dw, 3e-2)
+
+
+def test_scales_with_upstream_gradient_and_no_grad() -> None:
+    hidden, weight, targets = _inputs(10, 8, 12, torch.float32, seed=5)
+    (3.0 * linear_cross_entropy(hidden, weight, targets)).backward()
+    _, dh, _ = _reference(hidden, weight, targets)
+    _close(hidden.grad, 3.0 * dh, 1e-5)
+    with torch.no_grad():
+        value = linear_cross_entropy(hidden, weight, targets)
+    assert not value.requires_grad
+
+
+def test_bad_shapes_raise() -> None:
+    hidden, weight, targets = _inputs(10, 8, 12, torch.float32)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        linear_cross_entropy(hidden, weight[:, :4], targets)
+    with pytest.raises(ValueError, match="expects hidden"):
+        linear_cross_entropy(hidden[None], weight, targets)
+    with pytest.raises(ValueError, match="chunk_size"):
+        linear_cross_entropy(hidden, weight, targets, chunk_size=0)
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_gpt_forward_loss_matches_plain_cross_entropy(tie_embeddings: bool) -> None:
+    """``GPT.forward(idx, targets)`` (fused head) against the reference path: full logits + F.cross_entropy."""
+    from lightning_llm.config import GPTConfig
+    from lightning_llm.model import GPT
+
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=97, block_size=16, n_layer=2, n_head=2, n_embd=16, tie_embeddings=tie_embeddings
+    )
+    model = GPT(config)
+    idx = torch.randint(0, 97, (3, 16))
+    targets = torch.randint(0, 97, (3, 16))
+    targets[0, :5] = -100
+
+    model(idx, targets).backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    loss = model(idx, targets).detach()
+    model.zero_grad()
+    logits = model.lm_head(model.hidden_states(idx))  # the reference path
+    ref = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    ref.backward()
+    assert abs(loss.item() - ref.item()) < 1e-5
+    for name, p in model.named_parameters():
+        _close(ours[name], p.grad.double(), 1e-4)
