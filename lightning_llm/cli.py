@@ -43,6 +43,9 @@ def check_precision(precision: str, accelerator: str) -> None:
 
 
 def _lightning_cli(argv: list[str]) -> None:
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docstrings → --help
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 

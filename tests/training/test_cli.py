@@ -324,3 +324,17 @@ def test_gpu_precisions(tiny_dataset, tmp_path, precision):
         "--checkpoint.every_n_train_steps=3",
     )
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
+
+
+def test_fit_help_documents_every_config_field():
+    from dataclasses import fields
+
+    from lightning_llm.config import GPTConfig
+
+    out = subprocess.run([sys.executable, "-m", "lightning_llm", "fit", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    assert "Number of key/value heads (GQA; 1 = MQA)" in text
+    assert "Peak learning rate" in text
+    for f in fields(GPTConfig):
+        assert f"--model.config.{f.name}" in text
