@@ -98,8 +98,8 @@ class LitGPT(L.LightningModule):
     def __init__(
         self,
         config: GPTConfig,
-        optimizer: OptimizerConfig | None = None,
-        schedule: ScheduleConfig | None = None,
+        optimizer: OptimizerConfig = OptimizerConfig(),  # noqa: B008 - frozen-in-use default, never mutated
+        schedule: ScheduleConfig = ScheduleConfig(),  # noqa: B008
         global_batch_size: int | None = None,
         global_batch_tokens: int | None = None,
         compile: bool = False,
