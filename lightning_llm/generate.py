@@ -35,6 +35,11 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def _last_logits(model: GPT, idx: torch.Tensor, start: int) -> torch.Tensor:
+    """Logits (B, V) of the last position only: the vocabulary head runs on one position, not T."""
+    return model.lm_head(model.hidden_states(idx, start)[:, -1])
+
+
 @torch.no_grad()
 def generate_tokens(
     model: GPT,
@@ -64,7 +69,7 @@ def generate_tokens(
     model.eval()
     model.setup_kv_cache(B, T + max_new_tokens)
     try:
-        logits = model(idx, start=0)[:, -1]  # prefill: (B, V)
+        logits = _last_logits(model, idx, 0)  # prefill: (B, V)
         pos = T
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         for i in range(max_new_tokens):
@@ -77,7 +82,7 @@ def generate_tokens(
                 break
             if i == max_new_tokens - 1:
                 break
-            logits = model(nxt, start=pos)[:, -1]
+            logits = _last_logits(model, nxt, pos)
             pos += 1
     finally:
         model.clear_kv_cache()
