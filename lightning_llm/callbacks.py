@@ -90,7 +90,8 @@ class LossCurvePlot(L.Callback):
         if loss is not None:
             self.train.append((trainer.global_step, float(loss)))
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # not on_validation_epoch_end: callbacks run before the module's hook that logs val/loss
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and not trainer.sanity_checking:
             self.val.append((trainer.global_step, float(loss)))

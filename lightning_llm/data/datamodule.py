@@ -131,6 +131,9 @@ class TokenDataModule(L.LightningDataModule):
             shuffle=shuffle,
             seed=self.seed,
             drop_last=self.drop_last,
+            # litdata's default shuffles windows of 256 consecutive blocks as units: a long document
+            # (a Bible book) then arrives as a run of batches and the loss jumps. Permute every block.
+            item_shuffle_window=0,
         )
         return StreamingDataLoader(
             dataset,

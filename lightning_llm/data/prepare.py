@@ -170,7 +170,7 @@ def _clear(out: Path) -> None:
 def _read_and_split(cfg: PrepareConfig, source: Any, staging: Path) -> tuple[dict[str, Any], Any, dict]:
     """Stream documents through the cleaning pipeline into train/val staging shards."""
     pipeline = build_pipeline(cfg.clean)
-    writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes) for s in SPLITS}
+    writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes, seed=cfg.seed) for s in SPLITS}
     read = {"documents": 0, "bytes": 0}
     bar = tqdm(desc="read + clean", unit="B", unit_scale=True, unit_divisor=1024)
 

@@ -18,51 +18,64 @@ from lightning_llm.data.tokenizer import Tokenizer
 
 
 class ShardWriter:
-    """Writes one split's documents into numbered JSONL shards of about ``max_bytes`` each."""
+    """Writes one split's documents into numbered JSONL shards of about ``max_bytes`` each.
 
-    def __init__(self, directory: Path, split: str, max_bytes: int) -> None:
+    Documents are scattered over ``buckets`` shards open at once (bucket chosen by a seeded hash of the
+    text), so every shard, and so every litdata chunk, holds a random mix of the corpus rather than a
+    run of it in source order (all of Shakespeare, then all of the Bible). litdata streams one chunk at
+    a time; with source-ordered chunks the training loss jumps whenever the stream enters a new one.
+    A shard that fills up is replaced, so on corpora larger than ``buckets * max_bytes`` the mix is over
+    windows of that much source text (litdata then mixes chunks only through chunk order and workers).
+    """
+
+    def __init__(self, directory: Path, split: str, max_bytes: int, buckets: int = 8, seed: int = 0) -> None:
         self.directory, self.split, self.max_bytes = directory, split, max_bytes
+        self.buckets, self.seed = max(1, buckets), seed
         directory.mkdir(parents=True, exist_ok=True)
         self.paths: list[str] = []
         self.documents = 0
         self.bytes = 0
-        self._file: Any = None
-        self._shard_bytes = 0
-        self._last: tuple[int, int, str] | None = None  # offset, size in bytes, text of the last document
+        self._files: dict[int, Any] = {}
+        self._shard_bytes: dict[int, int] = {}
+        self._last: tuple[int, int, int, str] | None = None  # bucket, offset, size in bytes, text
 
     def write(self, text: str) -> None:
-        if self._file is None or self._shard_bytes >= self.max_bytes:
-            self._open_next()
+        b = int(split_key(text, self.seed + 1) * self.buckets) % self.buckets
+        if b not in self._files or self._shard_bytes[b] >= self.max_bytes:
+            self._open_next(b)
+        f = self._files[b]
         n = len(text.encode("utf-8", "surrogatepass"))
-        self._last = (self._file.tell(), n, text)
-        self._file.write(json.dumps(text) + "\n")
-        self._shard_bytes += n
+        self._last = (b, f.tell(), n, text)
+        f.write(json.dumps(text) + "\n")
+        self._shard_bytes[b] += n
         self.documents += 1
         self.bytes += n
 
     def pop_last(self) -> str:
-        """Remove the last document written (from the current shard) and return its text."""
-        assert self._last is not None and self._file is not None
-        offset, n, text = self._last
-        self._file.seek(offset)
-        self._file.truncate()
+        """Remove the last document written (from its shard) and return its text."""
+        assert self._last is not None
+        b, offset, n, text = self._last
+        f = self._files[b]
+        f.seek(offset)
+        f.truncate()
         self._last = None
         self.documents -= 1
         self.bytes -= n
-        self._shard_bytes -= n
+        self._shard_bytes[b] -= n
         return text
 
-    def _open_next(self) -> None:
-        self.close()
+    def _open_next(self, bucket: int) -> None:
+        if bucket in self._files:
+            self._files.pop(bucket).close()
         path = self.directory / f"{self.split}-{len(self.paths):05d}.jsonl"
         self.paths.append(str(path.resolve()))
-        self._file = open(path, "w", encoding="utf-8", errors="surrogatepass")  # noqa: SIM115
-        self._shard_bytes = 0
+        self._files[bucket] = open(path, "w", encoding="utf-8", errors="surrogatepass")  # noqa: SIM115
+        self._shard_bytes[bucket] = 0
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
         self.paths = [p for p in self.paths if Path(p).stat().st_size > 0]
 
 

@@ -215,3 +215,28 @@ def test_vocab_smaller_than_tokenizer_is_refused(tiny_dataset, tmp_path):
     lit = LitGPT(tiny_config(dm.vocab_size - 10))
     with pytest.raises(ValueError, match=str(dm.vocab_size)):
         trainer(tmp_path, max_steps=1).fit(lit, dm)
+
+
+def test_loss_plot_records_each_validation_and_writes_png(tiny_dataset, tmp_path):
+    from lightning_llm.callbacks import LossCurvePlot
+
+    lit, dm = make(tiny_dataset)
+    plot = LossCurvePlot()
+    t = L.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        val_check_interval=3,
+        limit_val_batches=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=None,
+        default_root_dir=tmp_path,
+        callbacks=[plot],
+    )
+    t.fit(lit, dm)
+    assert [s for s, _ in plot.val] == [3, 6]
+    assert plot.val[-1][1] == pytest.approx(float(t.callback_metrics["val/loss"]))
+    assert len(plot.train) == 6
+    assert plot.path.is_file() and plot.path.stat().st_size > 1000
