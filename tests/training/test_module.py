@@ -240,3 +240,22 @@ def test_loss_plot_records_each_validation_and_writes_png(tiny_dataset, tmp_path
     assert plot.val[-1][1] == pytest.approx(float(t.callback_metrics["val/loss"]))
     assert len(plot.train) == 6
     assert plot.path.is_file() and plot.path.stat().st_size > 1000
+
+
+def test_atomic_checkpoint_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    from lightning_llm.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def interrupted_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1  # the last good checkpoint, intact
+    assert list(tmp_path.iterdir()) == [path]  # no partial file left behind
