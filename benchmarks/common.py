@@ -19,6 +19,7 @@ Peak memory (``peak_memory``) is the *extra* memory a call needs on top of what 
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import ctypes.util
 import datetime as _dt
@@ -198,3 +199,13 @@ def resolve_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def add_model_args(p: argparse.ArgumentParser, block_size: int, batch: int) -> None:
+    """The reference model's shape options (6 layers, 384 wide, 6 heads, vocab 50304) and the batch."""
+    p.add_argument("--n-layer", type=int, default=6)
+    p.add_argument("--n-embd", type=int, default=384)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--vocab-size", type=int, default=50304)
+    p.add_argument("--block-size", type=int, default=block_size, help="context length")
+    p.add_argument("--batch", type=int, default=batch)

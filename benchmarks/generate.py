@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import env_info, markdown_table, write_json
+from benchmarks.common import add_model_args, env_info, markdown_table, write_json
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
 
@@ -72,12 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--n-embd", type=int, default=384)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--vocab-size", type=int, default=50304)
-    p.add_argument("--block-size", type=int, default=1024, help="context length (size of the static cache)")
-    p.add_argument("--batch", type=int, default=1)
+    add_model_args(p, block_size=1024, batch=1)
     p.add_argument("--prompt", type=int, default=16, help="prompt length in tokens")
     p.add_argument("--new-tokens", type=int, default=1000)
     p.add_argument("--attention", default="sdpa", help="attention kernel of the model")

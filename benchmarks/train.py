@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import env_info, markdown_table, peak_memory, time_fn, write_json
+from benchmarks.common import add_model_args, env_info, markdown_table, peak_memory, time_fn, write_json
 from benchmarks.nanogpt import NanoConfig, NanoGPT
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
@@ -234,12 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--n-embd", type=int, default=384)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--block-size", type=int, default=256)
-    p.add_argument("--vocab-size", type=int, default=50304)
-    p.add_argument("--batch", type=int, default=8)
+    add_model_args(p, block_size=256, batch=8)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, from {PRECISIONS}")
     p.add_argument("--compile", default="off", help="off, on or off,on (grid)")
