@@ -30,7 +30,7 @@ def check_precision(precision: str, accelerator: str) -> None:
     import torch
 
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
-    if on_cpu and precision in ("16-mixed", "16-true", "16", "16-mixed", "transformer-engine"):
+    if on_cpu and precision in ("16-mixed", "16-true", "16", "transformer-engine"):
         raise UserError(
             f"trainer.precision={precision} needs a GPU; this run is on the CPU. "
             "Use --trainer.precision bf16-mixed (or bf16-true, 32-true) on CPU."
