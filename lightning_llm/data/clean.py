@@ -207,16 +207,9 @@ class CleanConfig:
             raise ValueError("repetition_ngram and shingle_size must be >= 1, minhash_num_perm >= 2")
 
 
-def build_pipeline(cfg: CleanConfig) -> Pipeline:
-    """The steps ``cfg`` asks for, in order: normalise, whitespace, boilerplate, filters, dedup."""
-    steps: list[Step] = []
-    if cfg.normalize is not None:
-        steps.append(unicode_normalizer(cfg.normalize))
-    if cfg.clean_whitespace:
-        steps.append(Transform("whitespace", clean_whitespace))
-    if cfg.strip_boilerplate:
-        steps.append(Transform("gutenberg_boilerplate", strip_gutenberg))
-    steps += quality_filters(
+def config_filters(cfg: CleanConfig) -> list[Any]:
+    """The quality filters (``RangeFilter``s) that ``cfg``'s bounds switch on, in pipeline order."""
+    return quality_filters(
         min_chars=cfg.min_chars,
         max_chars=cfg.max_chars,
         min_alpha_ratio=cfg.min_alpha_ratio,
@@ -228,6 +221,18 @@ def build_pipeline(cfg: CleanConfig) -> Pipeline:
         min_chars_per_token=cfg.min_chars_per_token,
         max_chars_per_token=cfg.max_chars_per_token,
     )
+
+
+def build_pipeline(cfg: CleanConfig) -> Pipeline:
+    """The steps ``cfg`` asks for, in order: normalise, whitespace, boilerplate, filters, dedup."""
+    steps: list[Step] = []
+    if cfg.normalize is not None:
+        steps.append(unicode_normalizer(cfg.normalize))
+    if cfg.clean_whitespace:
+        steps.append(Transform("whitespace", clean_whitespace))
+    if cfg.strip_boilerplate:
+        steps.append(Transform("gutenberg_boilerplate", strip_gutenberg))
+    steps += config_filters(cfg)
     if cfg.exact_dedup:
         steps.append(ExactDedup())
     if cfg.near_dedup:

@@ -19,10 +19,11 @@ from lightning_llm.data.clean import (
     Transform,
     build_pipeline,
     clean_whitespace,
+    config_filters,
     strip_gutenberg,
     unicode_normalizer,
 )
-from lightning_llm.data.filters import RangeFilter, quality_filters
+from lightning_llm.data.filters import RangeFilter
 from lightning_llm.data.sources import Document, decode
 
 PROSE = (
@@ -116,19 +117,7 @@ def test_range_filter_bounds_are_inclusive(metric, text: str) -> None:
 
 
 def _kept_by_defaults(text: str) -> dict[str, bool]:
-    cfg = CleanConfig()
-    steps = quality_filters(
-        min_chars=cfg.min_chars,
-        max_chars=cfg.max_chars,
-        min_alpha_ratio=cfg.min_alpha_ratio,
-        max_symbol_ratio=cfg.max_symbol_ratio,
-        max_line_repetition=cfg.max_repetition_ratio,
-        max_ngram_repetition=cfg.max_ngram_repetition_ratio,
-        repetition_ngram=cfg.repetition_ngram,
-        min_stopword_ratio=cfg.min_stopword_ratio,
-        min_chars_per_token=cfg.min_chars_per_token,
-        max_chars_per_token=cfg.max_chars_per_token,
-    )
+    steps = config_filters(CleanConfig())
     return {f.name: f.keeps(text) for f in steps}
 
 
