@@ -46,16 +46,25 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _softmax_grad_(z: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+def _softmax_grad_(z: Tensor, targets: Tensor, ignore_index: int, work: Tensor) -> Tensor:
     """Summed NLL of logits ``z`` (n, V) and, in place, ``z <- softmax(z) - onehot(targets)`` (0 if ignored).
 
-    The softmax runs in fp32 whatever ``z``'s dtype; the result is written back in ``z``'s dtype.
+    The softmax runs in fp32 whatever ``z``'s dtype, in ``work``: a reusable fp32 scratch buffer of
+    shape (2, >= n, V) holding the fp32 copy of ``z`` and its log-softmax, so the slices of one call
+    allocate nothing. The result is rounded to ``z``'s dtype once, at the end (a mixed-dtype
+    ``exp(out=z)`` was measured slower: the CPU kernel goes through an fp32 temporary anyway).
     """
     ok = targets != ignore_index  # (n,)
     all_ok = bool(ok.all())
     safe_t = targets if all_ok else targets.masked_fill(~ok, 0)
     safe_t = safe_t[:, None]  # (n, 1)
-    logp = torch.log_softmax(z.float(), dim=-1)  # (n, V) fp32, one fused pass
+    n = z.shape[0]
+    zf, logp = work[0, :n], work[1, :n]
+    if z.dtype == torch.float32:
+        zf = z
+    else:
+        zf.copy_(z)
+    torch.log_softmax(zf, dim=-1, out=logp)  # (n, V) fp32, one fused pass
     nll = -logp.gather(1, safe_t).squeeze(1)  # (n,)
     probs = logp.exp_()  # softmax, in place
     probs.scatter_add_(1, safe_t, torch.full(safe_t.shape, -1.0, dtype=probs.dtype, device=probs.device))
@@ -64,6 +73,19 @@ def _softmax_grad_(z: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
         probs.masked_fill_(~ok[:, None], 0.0)
     z.copy_(probs)
     return nll.sum()
+
+
+def _accumulate_(dst: Tensor, src: Tensor, first: bool, rows: int = 4096) -> None:
+    """``dst (+)= src`` for an fp32 ``dst`` and a lower-precision ``src``, in row blocks.
+
+    A mixed-dtype ``dst += src`` converts all of ``src`` into a temporary fp32 tensor first (on CPU a
+    (V, C) fp32 allocation and an extra pass); blocks keep that temporary small and in cache.
+    """
+    for a in range(0, dst.shape[0], rows):
+        if first:
+            dst[a : a + rows].copy_(src[a : a + rows])
+        else:
+            dst[a : a + rows] += src[a : a + rows]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -90,34 +112,58 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_dh = grad_enabled and ctx.needs_input_grad[0]
         need_dw = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_dh else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
+        grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # Scratch allocated once per call and reused by every chunk and slice: large fresh allocations
+        # are not free on CPU (each comes with new pages from the OS, i.e. page faults and zeroing).
+        rows = min(chunk_size, n_rows)
+        z_buf = torch.empty(rows, weight.shape[0], dtype=compute_dtype, device=hidden.device)
+        work = torch.empty(2, min(SUB_ROWS, rows), weight.shape[0], dtype=torch.float32, device=hidden.device)
+        partial = (
+            torch.empty(weight.shape, dtype=compute_dtype, device=weight.device)
+            if need_dw and compute_dtype != torch.float32
+            else None
+        )
 
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             h_i = h[start:end]  # (n, C)
-            z = h_i @ w.T  # (n, V) logits in the compute dtype; becomes the logit gradient in place
+            z = z_buf[: end - start]  # (n, V): the logits, then in place the logit gradient
+            torch.mm(h_i, w.T, out=z)  # in the compute dtype (fp32 accumulation inside the matmul)
             t_i = targets[start:end]  # (n,)
             for s in range(0, end - start, SUB_ROWS):  # cache-sized slices for the elementwise work
-                loss_sum += _softmax_grad_(z[s : s + SUB_ROWS], t_i[s : s + SUB_ROWS], ignore_index)
+                loss_sum += _softmax_grad_(z[s : s + SUB_ROWS], t_i[s : s + SUB_ROWS], ignore_index, work)
             if grad_h is not None:
                 torch.mm(z, w, out=grad_h[start:end])  # (n, C)
             if grad_w is not None:
-                if compute_dtype == torch.float32:
-                    grad_w.addmm_(z.T, h_i)  # (V, C), accumulated in place
-                else:
-                    grad_w += z.T @ h_i  # bf16/fp16 partial (fp32 inside the matmul), fp32 sum
-            del z
+                if partial is None:  # fp32: accumulate in place
+                    if start == 0:
+                        torch.mm(z.T, h_i, out=grad_w)
+                    else:
+                        grad_w.addmm_(z.T, h_i)
+                else:  # bf16/fp16 partial (fp32 inside the matmul), summed in fp32
+                    torch.mm(z.T, h_i, out=partial)
+                    _accumulate_(grad_w, partial, first=start == 0)
         ctx.save_for_backward(grad_h, grad_w, scale)
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
+        ctx.consumed = False
         return loss_sum * scale
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if ctx.consumed:
+            raise RuntimeError(
+                "linear_cross_entropy's gradients were already handed out (it computes them in the forward "
+                "pass and scales them in place): a second backward through the same graph is not supported. "
+                "Recompute the loss instead of using retain_graph=True."
+            )
+        ctx.consumed = True
         grad_h, grad_w, scale = ctx.saved_tensors
         factor = grad_out.to(torch.float32) * scale
-        dh = None if grad_h is None else (grad_h * factor.to(grad_h.dtype)).to(ctx.hidden_dtype)
-        dw = None if grad_w is None else (grad_w * factor).to(ctx.weight_dtype)
+        # in place: these buffers belong to this call alone, and a fresh (V, C) fp32 tensor per step costs
+        # an allocation (fresh pages from the OS for anything this large) plus a full pass over it
+        dh = None if grad_h is None else grad_h.mul_(factor.to(grad_h.dtype)).to(ctx.hidden_dtype)
+        dw = None if grad_w is None else grad_w.mul_(factor).to(ctx.weight_dtype)
         return dh, dw, None, None, None, None
 
 

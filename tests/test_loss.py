@@ -117,6 +117,25 @@ def test_scales_with_upstream_gradient_and_no_grad() -> None:
     assert not value.requires_grad
 
 
+def test_bf16_weight_gradient_over_many_accumulation_blocks() -> None:
+    # V > 2 * 4096: the fp32 accumulation of the per-chunk bf16 partials runs in several row blocks
+    hidden, weight, targets = _inputs(23, 8, 9000, torch.bfloat16, seed=7)
+    linear_cross_entropy(hidden, weight, targets, chunk_size=5).backward()
+    _, dh, dw = _reference(hidden, weight, targets)
+    _close(hidden.grad, dh, 3e-2)
+    _close(weight.grad, dw, 3e-2)
+
+
+def test_second_backward_is_refused_not_silently_wrong() -> None:
+    # gradients are computed in the forward and scaled in place in the backward: a second backward
+    # through the same graph would scale them twice, so it must fail loudly
+    hidden, weight, targets = _inputs(10, 8, 12, torch.float32, seed=6)
+    loss = linear_cross_entropy(hidden, weight, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()
+
+
 def test_bad_shapes_raise() -> None:
     hidden, weight, targets = _inputs(10, 8, 12, torch.float32)
     with pytest.raises(ValueError, match="shape mismatch"):
