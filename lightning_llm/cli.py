@@ -117,6 +117,7 @@ def _main(argv: list[str] | None = None) -> None:
         return
     cmd, rest = argv[0], argv[1:]
     if cmd in LIGHTNING_COMMANDS:
+        _configure_allocator()
         _lightning_cli(argv)
     elif cmd == "prepare":
         from lightning_llm.data.cli import prepare_main
@@ -134,6 +135,20 @@ def _main(argv: list[str] | None = None) -> None:
         _bench(rest)
     else:
         sys.exit(f"lightning-llm: unknown command {cmd!r}\n\n{USAGE}")
+
+
+def _configure_allocator() -> None:
+    """Keep freed host memory for reuse (see ``lightning_llm.allocator``); say so once, on rank 0."""
+    import os
+
+    from lightning_llm.allocator import ENV_VAR, configure_allocator
+
+    mode = configure_allocator()
+    if mode == "cache" and os.environ.get("LOCAL_RANK", "0") == "0" and not os.environ.get(ENV_VAR):
+        print(
+            f"lightning-llm: host allocator keeps freed memory for reuse ({ENV_VAR}=system to turn off)",
+            file=sys.stderr,
+        )
 
 
 BENCHES = ("attention", "train", "data", "generate")
