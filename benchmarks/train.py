@@ -7,6 +7,11 @@ Variants (all the same architecture, batch and data, measured side by side in on
 * ``ours``: our ``GPT`` in a plain loop (``GPT.forward``: chunked ``linear_cross_entropy``), fused AdamW.
 * ``lightning``: ``LitGPT`` in Lightning's ``Trainer`` (no logger, checkpointing or progress bar).
 
+Each point runs in its own fresh process, ``--rounds`` times, alternating the points (``measure_isolated``
+says why). ``--malloc shipped`` (default) runs our variants with the host allocator ``lightning-llm fit``
+sets up (``lightning_llm/allocator.py``: freed memory kept for reuse) and nanoGPT with glibc's default;
+``--malloc system`` / ``cache`` give every variant the same allocator, to separate the two effects.
+
 Precisions: ``32-true`` (fp32), ``bf16-mixed`` (fp32 weights, bf16 autocast), ``bf16-true`` (bf16 weights).
 ``--compile`` adds ``torch.compile`` of each block (ours, Lightning) or of the whole model (nanoGPT).
 MFU is model FLOPs per token (``GPTConfig.flops_per_token``) x tokens/s over the peak matmul FLOP/s
@@ -20,8 +25,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +45,7 @@ from lightning_llm.model import GPT
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 VARIANTS = ("nanogpt", "ours-ce", "ours", "lightning")
+RESULT_TAG = "BENCH-RESULT "
 CATEGORIES = (  # profile breakdown: first matching substring of the aten op name wins
     ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
     ("attention", ("flash_attention", "scaled_dot_product")),
@@ -159,16 +171,10 @@ def lightning_run(
     loader = torch.utils.data.DataLoader(Repeat(), batch_size=None)
     trainer.fit(lit, train_dataloaders=loader)
     deltas = [b - a for a, b in zip(clock.starts, clock.starts[1:], strict=False)]
-    timed = sorted(deltas[warmup:])
-    return {
-        "median_s": timed[len(timed) // 2],
-        "first_step_s": deltas[0],
-        "repeats": len(timed),
-        "loss": clock.last_loss,
-    }
+    return {"first_step_s": deltas[0], "times_s": deltas[warmup:], "loss": clock.last_loss}
 
 
-def run_variant(
+def run_point(
     variant: str,
     precision: str,
     compile_: bool,
@@ -176,30 +182,99 @@ def run_variant(
     batch: torch.Tensor,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """One grid point in this process: first step (compile happens there), warm-up, timed steps."""
     if variant == "lightning":
-        res = lightning_run(config, precision, compile_, batch, args.steps, args.warmup)
-        mem = None
-    else:
-        step = plain_step(variant, config, precision, compile_)
+        return lightning_run(config, precision, compile_, batch, args.steps, args.warmup)
+    step = plain_step(variant, config, precision, compile_)
+    t0 = time.perf_counter()
+    loss = step(batch)
+    first = time.perf_counter() - t0
+    for _ in range(max(args.warmup - 1, 0)):
+        step(batch)
+    times = []
+    for _ in range(args.steps):
         t0 = time.perf_counter()
-        loss = step(batch)
-        first = time.perf_counter() - t0
-        t = time_fn(
-            lambda: step(batch),
-            warmup=max(args.warmup - 1, 0),
-            min_repeats=args.steps,
-            max_repeats=args.steps,
-            budget_s=0,
+        step(batch)
+        times.append(time.perf_counter() - t0)
+    mem = peak_memory(lambda: step(batch)) if args.memory and args.malloc_mode == "system" else None
+    return {"first_step_s": first, "times_s": times, "loss": loss, "step_mem_bytes": mem}
+
+
+def malloc_mode(variant: str, policy: str) -> str:
+    """The allocator a variant runs with: ``shipped`` = what ``lightning-llm fit`` does for our variants
+    (``cache``, see ``lightning_llm/allocator.py``) and glibc's default for the plain nanoGPT baseline."""
+    if policy == "shipped":
+        return "system" if variant == "nanogpt" else "cache"
+    return policy
+
+
+def measure_isolated(
+    points: list[tuple[str, str, bool]], args: argparse.Namespace
+) -> dict[tuple[str, str, bool], dict[str, Any]]:
+    """Every point in its own fresh process, ``--rounds`` times, alternating the points.
+
+    A fresh process per point: variants sharing one process leave each other a heap state that
+    changes their speed, and not evenly (measured: nanoGPT's step 2.0 s alone, 2.6-3.1 s when
+    alternated with ours in one process). Alternating rounds: load from elsewhere hits all points alike.
+    """
+    merged: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    for _ in range(args.rounds):
+        for point in points:
+            variant, precision, compile_ = point
+            res = _spawn_worker(f"{variant}:{precision}:{'on' if compile_ else 'off'}", args)
+            if point in merged:
+                merged[point]["times_s"] += res["times_s"]
+            else:
+                merged[point] = res
+    for res in merged.values():
+        res.update(
+            median_s=statistics.median(res["times_s"]), min_s=min(res["times_s"]), repeats=len(res["times_s"])
         )
-        mem = peak_memory(lambda: step(batch)) if args.memory else None
-        res = {
-            "median_s": t["median_s"],
-            "first_step_s": first,
-            "repeats": t["repeats"],
-            "loss": loss,
-            "step_mem_bytes": mem,
-        }
-    return res
+    return merged
+
+
+def _spawn_worker(spec: str, args: argparse.Namespace, extra: list[str] | None = None) -> dict[str, Any]:
+    """Run ``spec`` (variant:precision:on|off) in a fresh Python process; return its JSON result."""
+    root = Path(__file__).resolve().parent.parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.train",
+        f"--n-layer={args.n_layer}",
+        f"--n-embd={args.n_embd}",
+        f"--n-head={args.n_head}",
+        f"--vocab-size={args.vocab_size}",
+        f"--block-size={args.block_size}",
+        f"--batch={args.batch}",
+        f"--steps={max(1, -(-args.steps // args.rounds))}",
+        f"--warmup={args.warmup}",
+        *(["--memory"] if args.memory else []),
+        f"--malloc={malloc_mode(spec.split(':')[0], args.malloc)}",
+        f"--worker={spec}",
+        *(extra or []),
+    ]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        cmd, cwd=root, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark worker {spec} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_TAG) :])
+
+
+def _worker(args: argparse.Namespace, config: GPTConfig, batch: torch.Tensor) -> None:
+    """The body of a worker process: one grid point (or one profile), printed as a tagged JSON line."""
+    from lightning_llm.allocator import configure_allocator
+
+    variant, precision, comp = args.worker.split(":")
+    args.malloc_mode = configure_allocator(args.malloc)
+    if args.worker_profile:
+        res = profile_variant(f"{variant}:{precision}", config, batch)
+    else:
+        res = run_point(variant, precision, comp == "on", config, batch, args)
+    res["malloc"] = args.malloc_mode
+    print(RESULT_TAG + json.dumps(res), flush=True)
 
 
 def profile_variant(spec: str, config: GPTConfig, batch: torch.Tensor, steps: int = 2) -> dict[str, Any]:
@@ -238,7 +313,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, from {PRECISIONS}")
     p.add_argument("--compile", default="off", help="off, on or off,on (grid)")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per point (median reported)")
+    p.add_argument(
+        "--steps", type=int, default=8, help="timed steps per point, over all rounds (median reported)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="fresh processes per point, alternating the points; 0 = all points in this process",
+    )
+    p.add_argument(
+        "--malloc",
+        default="shipped",
+        choices=("shipped", "system", "cache"),
+        help="host allocator: shipped = cache for our variants (as lightning-llm fit), glibc default for "
+        "nanoGPT; system / cache = the same for all (memory is measured under system only)",
+    )
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--worker-profile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     p.add_argument("--memory", action="store_true", help="also measure the peak extra RSS of one step")
     p.add_argument(
@@ -261,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, config.vocab_size, (args.batch, config.block_size + 1), generator=g)
+    if args.worker:
+        return _worker(args, config, batch)
     tokens = args.batch * config.block_size
     fpt = config.flops_per_token(config.block_size)
     payload: dict[str, Any] = {
@@ -279,31 +373,43 @@ def main(argv: list[str] | None = None) -> None:
             f"peak matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s",
             flush=True,
         )
-        for compile_ in [c.strip() == "on" for c in args.compile.split(",")]:
-            for precision in args.precisions.split(","):
-                for variant in args.variants.split(","):
-                    if variant == "nanogpt" and precision == "bf16-true":
-                        continue  # nanoGPT trains in fp32 or under autocast only
-                    res = run_variant(variant, precision, compile_, config, batch, args)
-                    tps = tokens / res["median_s"]
-                    dkey = "fp32" if precision == "32-true" else "bf16"
-                    row = {
-                        "variant": variant,
-                        "precision": precision,
-                        "compile": compile_,
-                        **res,
-                        "tokens_per_s": tps,
-                        "mfu": fpt * tps / peak[dkey],
-                    }
-                    payload["results"].append(row)
-                    print(
-                        f"  {variant:>9} {precision:>10} compile={compile_!s:<5} {res['median_s'] * 1e3:8.0f} ms"
-                        f"  {tps:7.0f} tok/s  MFU {row['mfu']:.1%}  loss {res['loss']:.3f}",
-                        flush=True,
-                    )
+        points = [
+            (variant, precision, compile_)
+            for compile_ in [c.strip() == "on" for c in args.compile.split(",")]
+            for precision in args.precisions.split(",")
+            for variant in filter(None, args.variants.split(","))
+            if not (variant == "nanogpt" and precision == "bf16-true")  # nanoGPT: fp32 or autocast only
+        ]
+        if args.rounds > 0:
+            measured = measure_isolated(points, args)
+        else:  # in this process, one point after the other (quick checks; see measure_isolated)
+            args.malloc_mode = "system"
+            measured = {p: run_point(*p, config, batch, args) for p in points}
+            for res in measured.values():
+                res.update(median_s=statistics.median(res["times_s"]), min_s=min(res["times_s"]))
+        for (variant, precision, compile_), res in measured.items():
+            tps = tokens / res["median_s"]
+            dkey = "fp32" if precision == "32-true" else "bf16"
+            row = {
+                "variant": variant,
+                "precision": precision,
+                "compile": compile_,
+                **res,
+                "tokens_per_s": tps,
+                "mfu": fpt * tps / peak[dkey],
+            }
+            payload["results"].append(row)
+            print(
+                f"  {variant:>9} {precision:>10} compile={compile_!s:<5} {res['median_s'] * 1e3:8.0f} ms"
+                f"  {tps:7.0f} tok/s  MFU {row['mfu']:.1%}  loss {res['loss']:.3f}  malloc {res.get('malloc', '-')}",
+                flush=True,
+            )
         payload["ratios"] = ratios(payload["results"])
     for spec in filter(None, args.profile.split(",")):
-        prof = profile_variant(spec, config, batch)
+        if args.rounds > 0:  # in a fresh process, with the allocator the variant is timed with
+            prof = _spawn_worker(f"{spec}:off", args, extra=["--worker-profile"])
+        else:
+            prof = profile_variant(spec, config, batch)
         payload["profiles"].append(prof)
         print(f"profile {spec}: {prof['ms_per_step']:.0f} ms/step (profiled)", prof["share"])
     out = write_json(args.out, payload)

@@ -4,6 +4,7 @@ kernels against their references. No timing assertions: these numbers are meanin
 from __future__ import annotations
 
 import json
+import platform
 import sys
 from pathlib import Path
 
@@ -59,17 +60,31 @@ def test_attention_skips_points_over_the_memory_cap(tmp_path: Path) -> None:
 
 def test_train_bench_tiny(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
-    args = "--block-size 16 --batch 2 --steps 2 --warmup 1 --precisions 32-true,bf16-mixed --profile ours:bf16-mixed"
+    # one fresh worker process per point (the default way), the allocator as shipped
+    args = "--block-size 16 --batch 2 --steps 2 --warmup 1 --rounds 1 --variants nanogpt,ours,lightning"
+    args += " --precisions bf16-mixed --profile ours:bf16-mixed"
     train.main([*TINY_MODEL, *args.split(), "--out", str(out)])
     payload = json.loads(out.read_text())
     keys = {"env", "config", "peak_matmul_flops", "flops_per_token", "results", "ratios", "profiles"}
     assert keys <= set(payload)
-    variants = {(r["variant"], r["precision"]) for r in payload["results"]}
-    assert {("nanogpt", "bf16-mixed"), ("ours", "bf16-mixed"), ("lightning", "32-true")} <= variants
-    for row in payload["results"]:
-        assert row["tokens_per_s"] > 0 and row["mfu"] > 0
+    rows = {r["variant"]: r for r in payload["results"]}
+    assert set(rows) == {"nanogpt", "ours", "lightning"}
+    malloc = {v: r["malloc"] for v, r in rows.items()}
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert malloc == {"nanogpt": "system", "ours": "cache", "lightning": "cache"}
+    for row in rows.values():
+        assert row["tokens_per_s"] > 0 and row["mfu"] > 0 and row["repeats"] == 2
         assert torch.isfinite(torch.tensor(row["loss"]))
     assert abs(sum(payload["profiles"][0]["share"].values()) - 1.0) < 0.01
+
+
+def test_train_bench_in_process(tmp_path: Path) -> None:
+    out = tmp_path / "train.json"
+    args = "--block-size 16 --batch 2 --steps 2 --warmup 1 --rounds 0 --variants ours-ce,ours --precisions 32-true"
+    train.main([*TINY_MODEL, *args.split(), "--memory", "--out", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["ours-ce", "ours"]
+    assert all(r["tokens_per_s"] > 0 and r["step_mem_bytes"] is not None for r in rows)
 
 
 def test_generate_bench_tiny(tmp_path: Path) -> None:
