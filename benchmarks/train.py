@@ -191,13 +191,25 @@ def run_point(
     first = time.perf_counter() - t0
     for _ in range(max(args.warmup - 1, 0)):
         step(batch)
+    import resource  # POSIX only, like the allocator this reports on
+
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.steps):
         t0 = time.perf_counter()
         step(batch)
         times.append(time.perf_counter() - t0)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     mem = peak_memory(lambda: step(batch)) if args.memory and args.malloc_mode == "system" else None
-    return {"first_step_s": first, "times_s": times, "loss": loss, "step_mem_bytes": mem}
+    return {
+        "first_step_s": first,
+        "times_s": times,
+        "loss": loss,
+        "step_mem_bytes": mem,
+        # where the allocator's cost shows: minor page faults and kernel time, per timed step
+        "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / len(times),
+        "sys_s_per_step": (after.ru_stime - before.ru_stime) / len(times),
+    }
 
 
 def malloc_mode(variant: str, policy: str) -> str:
@@ -334,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     p.add_argument("--memory", action="store_true", help="also measure the peak extra RSS of one step")
     p.add_argument(
-        "--profile", default="", help="comma-separated variant:precision to profile (not nanogpt-only)"
+        "--profile", default="", help="comma-separated variant:precision to profile (any variant but lightning)"
     )
     p.add_argument("--profile-only", action="store_true", help="skip the timing grid")
     p.add_argument("--out", default="benchmarks/out/train.json")
@@ -445,11 +457,26 @@ def table(payload: dict[str, Any]) -> str:
             f"{r['mfu']:.1%}",
             f"{r['first_step_s']:.1f}",
             f"{r['loss']:.3f}",
+            r.get("malloc", "-"),
+            "-" if r.get("page_faults_per_step") is None else f"{r['page_faults_per_step'] / 1e3:.0f}k",
+            "-" if r.get("sys_s_per_step") is None else f"{r['sys_s_per_step']:.2f}",
         ]
         for r in payload["results"]
     ]
     return markdown_table(
-        ["variant", "precision", "compile", "step (ms)", "tokens/s", "MFU", "first step (s)", "first loss"],
+        [
+            "variant",
+            "precision",
+            "compile",
+            "step (ms)",
+            "tokens/s",
+            "MFU",
+            "first step (s)",
+            "first loss",
+            "malloc",
+            "page faults/step",
+            "sys s/step",
+        ],
         rows,
     )
 
