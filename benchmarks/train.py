@@ -346,7 +346,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     p.add_argument("--memory", action="store_true", help="also measure the peak extra RSS of one step")
     p.add_argument(
-        "--profile", default="", help="comma-separated variant:precision to profile (any variant but lightning)"
+        "--profile",
+        default="",
+        help="comma-separated variant:precision to profile (any variant but lightning)",
     )
     p.add_argument("--profile-only", action="store_true", help="skip the timing grid")
     p.add_argument("--out", default="benchmarks/out/train.json")
