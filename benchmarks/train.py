@@ -397,10 +397,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.rounds > 0:
             measured = measure_isolated(points, args)
         else:  # in this process, one point after the other (quick checks; see measure_isolated)
-            args.malloc_mode = "system"
+            from lightning_llm.allocator import configure_allocator
+
+            if args.malloc == "shipped":
+                print("--rounds 0: one process, so one allocator for every variant: system", flush=True)
+            args.malloc_mode = configure_allocator("system" if args.malloc == "shipped" else args.malloc)
             measured = {p: run_point(*p, config, batch, args) for p in points}
             for res in measured.values():
-                res.update(median_s=statistics.median(res["times_s"]), min_s=min(res["times_s"]))
+                res.update(
+                    median_s=statistics.median(res["times_s"]),
+                    min_s=min(res["times_s"]),
+                    malloc=args.malloc_mode,
+                )
         for (variant, precision, compile_), res in measured.items():
             tps = tokens / res["median_s"]
             dkey = "fp32" if precision == "32-true" else "bf16"

@@ -85,6 +85,7 @@ def test_train_bench_in_process(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]
     assert [r["variant"] for r in rows] == ["ours-ce", "ours"]
     assert all(r["tokens_per_s"] > 0 and r["step_mem_bytes"] is not None for r in rows)
+    assert {r["malloc"] for r in rows} == {"system"}
 
 
 def test_generate_bench_tiny(tmp_path: Path) -> None:
