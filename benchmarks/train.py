@@ -226,8 +226,8 @@ def measure_isolated(
     """Every point in its own fresh process, ``--rounds`` times, alternating the points.
 
     A fresh process per point: variants sharing one process leave each other a heap state that
-    changes their speed, and not evenly (measured: nanoGPT's step 2.0 s alone, 2.6-3.1 s when
-    alternated with ours in one process). Alternating rounds: load from elsewhere hits all points alike.
+    changes their speed, and not evenly (measured once: nanoGPT's step 2.0 s alone in a process,
+    2.6-3.1 s alternated with ours in one). Alternating rounds: load from elsewhere hits all points alike.
     """
     merged: dict[tuple[str, str, bool], dict[str, Any]] = {}
     for _ in range(args.rounds):
