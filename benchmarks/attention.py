@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
+    bench_parser,
     env_info,
     fmt_bytes,
     fmt_time,
@@ -266,11 +267,7 @@ def table(payload: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="lightning-llm bench attention",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("attention", __doc__)
     p.add_argument(
         "--lengths", default="256,512,1024,2048,4096,8192", help="comma-separated sequence lengths"
     )

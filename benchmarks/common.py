@@ -201,11 +201,32 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+MODEL_ARGS = (  # (flag, default): the reference model's shape; block size and batch are per benchmark
+    ("--n-layer", 6),
+    ("--n-embd", 384),
+    ("--n-head", 6),
+    ("--vocab-size", 50304),
+)
+
+
+def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``lightning-llm bench <name>``, with the module docstring as its description."""
+    return argparse.ArgumentParser(
+        prog=f"lightning-llm bench {name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_model_args(p: argparse.ArgumentParser, block_size: int, batch: int) -> None:
     """The reference model's shape options (6 layers, 384 wide, 6 heads, vocab 50304) and the batch."""
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--n-embd", type=int, default=384)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--vocab-size", type=int, default=50304)
+    for flag, default in MODEL_ARGS:
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--block-size", type=int, default=block_size, help="context length")
     p.add_argument("--batch", type=int, default=batch)
+
+
+def model_argv(args: argparse.Namespace) -> list[str]:
+    """``args``' model options (from ``add_model_args``) back as command-line flags, for a subprocess."""
+    flags = [flag for flag, _ in MODEL_ARGS] + ["--block-size", "--batch"]
+    return [f"{flag}={getattr(args, flag[2:].replace('-', '_'))}" for flag in flags]

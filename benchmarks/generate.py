@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import add_model_args, env_info, markdown_table, write_json
+from benchmarks.common import add_model_args, bench_parser, env_info, markdown_table, write_json
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
 
@@ -67,11 +67,7 @@ def generate_cat(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Te
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="lightning-llm bench generate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("generate", __doc__)
     add_model_args(p, block_size=1024, batch=1)
     p.add_argument("--prompt", type=int, default=16, help="prompt length in tokens")
     p.add_argument("--new-tokens", type=int, default=1000)

@@ -38,7 +38,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import add_model_args, env_info, markdown_table, peak_memory, time_fn, write_json
+from benchmarks.common import (
+    add_model_args,
+    bench_parser,
+    env_info,
+    markdown_table,
+    model_argv,
+    peak_memory,
+    time_fn,
+    write_json,
+)
 from benchmarks.nanogpt import NanoConfig, NanoGPT
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
@@ -252,12 +261,7 @@ def _spawn_worker(spec: str, args: argparse.Namespace, extra: list[str] | None =
         sys.executable,
         "-m",
         "benchmarks.train",
-        f"--n-layer={args.n_layer}",
-        f"--n-embd={args.n_embd}",
-        f"--n-head={args.n_head}",
-        f"--vocab-size={args.vocab_size}",
-        f"--block-size={args.block_size}",
-        f"--batch={args.batch}",
+        *model_argv(args),
         f"--steps={max(1, -(-args.steps // args.rounds))}",
         f"--warmup={args.warmup}",
         *(["--memory"] if args.memory else []),
@@ -316,11 +320,7 @@ def profile_variant(spec: str, config: GPTConfig, batch: torch.Tensor, steps: in
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="lightning-llm bench train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = bench_parser("train", __doc__)
     add_model_args(p, block_size=256, batch=8)
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, from {PRECISIONS}")
