@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from lightning_llm.config import GPTConfig
+
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 _LIBC: Any = None
 
@@ -224,6 +226,18 @@ def add_model_args(p: argparse.ArgumentParser, block_size: int, batch: int) -> N
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--block-size", type=int, default=block_size, help="context length")
     p.add_argument("--batch", type=int, default=batch)
+
+
+def model_config(args: argparse.Namespace, **extra: Any) -> GPTConfig:
+    """The ``GPTConfig`` of ``args``' model options (from ``add_model_args``) plus ``extra`` fields."""
+    return GPTConfig(
+        n_layer=args.n_layer,
+        n_embd=args.n_embd,
+        n_head=args.n_head,
+        vocab_size=args.vocab_size,
+        block_size=args.block_size,
+        **extra,
+    )
 
 
 def model_argv(args: argparse.Namespace) -> list[str]:

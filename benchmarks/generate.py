@@ -21,8 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import add_model_args, bench_parser, env_info, markdown_table, write_json
-from lightning_llm.config import GPTConfig
+from benchmarks.common import add_model_args, bench_parser, env_info, markdown_table, model_config, write_json
 from lightning_llm.model import GPT
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -83,14 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.prompt + args.new_tokens > args.block_size:
         raise SystemExit(f"--prompt + --new-tokens must fit in --block-size {args.block_size}")
-    config = GPTConfig(
-        n_layer=args.n_layer,
-        n_embd=args.n_embd,
-        n_head=args.n_head,
-        vocab_size=args.vocab_size,
-        block_size=args.block_size,
-        attention=args.attention,
-    )
+    config = model_config(args, attention=args.attention)
     torch.manual_seed(0)
     idx = torch.randint(0, config.vocab_size, (args.batch, args.prompt))
     results: list[dict[str, Any]] = []

@@ -44,6 +44,7 @@ from benchmarks.common import (
     env_info,
     markdown_table,
     model_argv,
+    model_config,
     peak_memory,
     time_fn,
     write_json,
@@ -358,13 +359,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the training-step grid, write JSON and print a markdown table."""
     args = parse_args(argv)
-    config = GPTConfig(
-        n_layer=args.n_layer,
-        n_embd=args.n_embd,
-        n_head=args.n_head,
-        block_size=args.block_size,
-        vocab_size=args.vocab_size,
-    )
+    config = model_config(args)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, config.vocab_size, (args.batch, config.block_size + 1), generator=g)
     if args.worker:
