@@ -8,40 +8,35 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_llm.module import PRECISION_DTYPES
-
-
-def measure_matmul_peak(
-    device: torch.device, dtype: torch.dtype, n: int = 1024, seconds: float = 0.5
-) -> float:
-    """Achievable matmul FLOP/s on ``device`` in ``dtype`` (an (n x n) @ (n x n) loop), the MFU denominator."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b  # warm-up
-    sync()
-    iters, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        iters += 1
-    sync()
-    return 2.0 * n**3 * iters / (time.perf_counter() - t0)
+from lightning_llm.perf import PeakMode, peak_flops
+from lightning_llm.precision import training_dtype
 
 
 class SpeedMonitor(L.Callback):
     """Logs training tokens/s (per device and total) and MFU.
 
     MFU = achieved model FLOP/s / peak FLOP/s, with FLOPs per token from ``GPTConfig.flops_per_token``
-    (PaLM's 6N + 12 L C T) and the peak either given or measured with a matmul loop at the start of fit.
+    (PaLM's 6N + 12 L C T) and the peak of one device in the training dtype (``lightning_llm.perf``):
+    given, from the device table, or measured with a matmul large enough to saturate the device. The
+    value and its source are printed once at the start of fit.
 
     Args:
-        peak_flops: Peak FLOP/s of one device for the training dtype; None measures it (about 1 s).
-        log_every_n_steps: Average over and log every this many optimizer steps.
+        peak_flops: Peak FLOP/s of one device for the training dtype; None: found as ``peak`` says.
+        peak: auto: the device table (known CUDA GPUs) else a measured matmul (CPU, unknown GPUs);
+            table: the table only (error if the device is not in it); measure: always measure (~1 s).
+        log_every_n_steps: Average over and log every this many optimizer steps (the GPU is synchronised
+            only then).
     """
 
-    def __init__(self, peak_flops: float | None = None, log_every_n_steps: int = 10) -> None:
+    def __init__(
+        self, peak_flops: float | None = None, peak: PeakMode = "auto", log_every_n_steps: int = 10
+    ) -> None:
         self.peak_flops = peak_flops
+        self.peak = peak
+        self.peak_source = "given (speed.peak_flops)" if peak_flops else None
         self.log_every_n_steps = log_every_n_steps
         self._t0: float | None = None
         self._tokens = 0
@@ -49,8 +44,10 @@ class SpeedMonitor(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.peak_flops is None:
-            dtype = PRECISION_DTYPES.get(str(trainer.precision), torch.float32)
-            self.peak_flops = measure_matmul_peak(trainer.strategy.root_device, dtype)
+            dtype = training_dtype(str(trainer.precision))
+            found = peak_flops(trainer.strategy.root_device, dtype, self.peak)
+            self.peak_flops, self.peak_source = found.flops, found.source
+        rank_zero_info(f"MFU peak: {self.peak_flops / 1e12:.1f} TFLOP/s per device ({self.peak_source})")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:
@@ -84,11 +81,22 @@ class LossCurvePlot(L.Callback):
         self.filename = filename
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None:
-            self.train.append((trainer.global_step, float(loss)))
+        # the loss stays on the device until a logging interval: reading it every step would
+        # synchronise with the GPU every step
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._pending.append((trainer.global_step, loss.detach()))
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            values = torch.stack([v.float() for _, v in self._pending]).tolist()  # one host read
+            self.train.extend((s, v) for (s, _), v in zip(self._pending, values, strict=True))
+            self._pending = []
 
     def on_validation_end(self, trainer, pl_module) -> None:
         # not on_validation_epoch_end: callbacks run before the module's hook that logs val/loss
@@ -97,12 +105,14 @@ class LossCurvePlot(L.Callback):
             self.val.append((trainer.global_step, float(loss)))
 
     def state_dict(self) -> dict[str, Any]:
+        self._flush()
         return {"train": self.train, "val": self.val}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train, self.val = list(state_dict["train"]), list(state_dict["val"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
         log_dir = trainer.log_dir  # a collective under some strategies: every rank must ask
         if not trainer.is_global_zero or not self.train:
             return
@@ -128,3 +138,28 @@ class LossCurvePlot(L.Callback):
         plt.close(fig)
         print(f"Loss curves written to {path}")
         return path
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, refreshed at logging intervals on accelerators.
+
+    A refresh shows the logged losses, which reads them from the device: at the default refresh rate of
+    1 that is a host synchronisation every step on a GPU. On a CPU it costs nothing, so it stays at 1 there.
+    """
+
+    def __init__(self, refresh_rate: int = 1, leave: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate, leave=leave)
+        self._device_rate: int | None = None
+
+    @property
+    def refresh_rate(self) -> int:
+        return self._device_rate or super().refresh_rate
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.strategy.root_device.type != "cpu" and super().refresh_rate == 1:
+            self._device_rate = max(1, trainer.log_every_n_steps)
+            rank_zero_info(
+                f"Progress bar refreshes every {self._device_rate} steps (trainer.log_every_n_steps): "
+                "each refresh reads the loss from the device."
+            )
+        super().on_train_start(trainer, pl_module)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 USAGE = """usage: lightning-llm <command> [options]
 
@@ -25,11 +27,17 @@ class UserError(ValueError):
     """Bad input from the command line or a config: printed as one paragraph, without a traceback."""
 
 
+def _on_cpu(accelerator: str) -> bool:
+    import torch
+
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
 def check_precision(precision: str, accelerator: str) -> None:
     """Refuse a precision the device cannot do (Lightning would silently switch 16-bit to bf16 on CPU)."""
     import torch
 
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    on_cpu = _on_cpu(accelerator)
     if on_cpu and precision in ("16-mixed", "16-true", "16", "transformer-engine"):
         raise UserError(
             f"trainer.precision={precision} needs a GPU; this run is on the CPU. "
@@ -42,6 +50,40 @@ def check_precision(precision: str, accelerator: str) -> None:
             )
 
 
+REMOTE_CKPT_ENV = "LIGHTNING_LLM_ALLOW_UNSAFE_CHECKPOINTS"
+"""Set to 1 to allow a URL --ckpt_path or --weights_only false (both can run code from the file)."""
+
+
+def check_device(accelerator: str) -> None:
+    """Refuse a GPU accelerator on a machine without one (Lightning raises deep inside its setup)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            f"--trainer.accelerator {accelerator}: PyTorch finds no CUDA GPU (or no working driver) on this "
+            "machine. Train on the CPU with --trainer.accelerator cpu (or auto)."
+        )
+
+
+def check_checkpoint_source(ckpt_path: object, weights_only: object) -> None:
+    """Checkpoints are pickles: only local files, loaded with weights_only=True, unless the user opts in."""
+    if os.environ.get(REMOTE_CKPT_ENV) == "1":
+        return
+    path = str(ckpt_path or "")
+    if "://" in path:
+        raise UserError(
+            f"--ckpt_path {path} is a URL. Lightning loads remote checkpoints with weights_only=False, which "
+            "runs any code pickled in the file. Download it first and pass the local path, or set "
+            f"{REMOTE_CKPT_ENV}=1 if you trust its source."
+        )
+    if weights_only is False:
+        raise UserError(
+            "--weights_only false loads the checkpoint with full pickle, which runs any code stored in it; "
+            "lightning-llm checkpoints hold tensors and plain data only and need no such thing. Drop the "
+            f"option, or set {REMOTE_CKPT_ENV}=1 if you trust the file."
+        )
+
+
 def _lightning_cli(argv: list[str]) -> None:
     from jsonargparse import set_parsing_settings
 
@@ -49,7 +91,7 @@ def _lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    from lightning_llm.callbacks import LossCurvePlot, SpeedMonitor
+    from lightning_llm.callbacks import LossCurvePlot, ProgressBar, SpeedMonitor
     from lightning_llm.checkpointing import AtomicCheckpointIO
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
@@ -75,9 +117,33 @@ def _lightning_cli(argv: list[str]) -> None:
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 200})
             parser.add_lightning_class_args(SpeedMonitor, "speed")
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI replaces the model's arguments with the checkpoint's hyper-parameters when
+            # --ckpt_path names a file (not for "last"), silently dropping every --model.* override. Here
+            # the command line stays in charge for both forms: LitGPT.on_load_checkpoint refuses a
+            # different architecture and applies (and reports) changed optimizer settings.
+            return
+
+        def _instantiate_trainer(self, config: dict, callbacks: list) -> Any:
+            # our progress bar (GPU-aware refresh) unless the user turned the bar off or brought their own
+            from lightning.pytorch.callbacks.progress import ProgressBar as AnyBar
+
+            bars = [c for c in [*callbacks, *(config.get("callbacks") or [])] if isinstance(c, AnyBar)]
+            if config.get("enable_progress_bar") is not False and not bars:
+                callbacks = [*callbacks, ProgressBar()]
+            return super()._instantiate_trainer(config, callbacks)
+
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             check_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
+            check_device(str(cfg.trainer.accelerator))
+            check_checkpoint_source(cfg.get("ckpt_path"), cfg.get("weights_only"))
+            if _on_cpu(str(cfg.trainer.accelerator)):
+                from lightning_llm.precision import cpu_precision
+
+                cfg.trainer.precision, why = cpu_precision(str(cfg.trainer.precision))
+                if why and os.environ.get("LOCAL_RANK", "0") == "0":
+                    print(f"lightning-llm: {why}", file=sys.stderr)
 
     LLMCLI(
         LitGPT,

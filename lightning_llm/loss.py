@@ -7,15 +7,16 @@ bf16 copy of that gradient). ``linear_cross_entropy`` instead walks over the row
 chunk, computes the logits, the loss and *both gradients* at once in the forward pass::
 
     z = h_i @ W^T                    (n, V)  in the compute dtype, fp32 accumulation inside the matmul
-    for 32-row slices of z (6.4 MB of fp32, stays in cache):
-        logp = log_softmax(float(z))         fp32
+    for slices of z (CPU: 32 rows, 6.4 MB of fp32 that stays in cache; GPU: the whole chunk at once):
+        logp = log_softmax(z, dtype=fp32)
         loss_i = -logp[target]
         z <- exp(logp) - onehot(target)      the logit gradient, written back into z (compute dtype)
-    dh_i = z @ W,   dW += z^T @ h_i          dW accumulated in fp32
+    dh_i = z @ W,   dW += z^T @ (h_i * keep) dW accumulated in fp32; ignored rows masked on the C side
 
 The backward pass then only scales the stored ``dh`` (N, C) and ``dW`` (V, C) by the incoming gradient.
 Peak extra memory is O(chunk_size * V) instead of O(N * V); the matmul FLOPs are the same as the plain
-path's, the fp32 elementwise work runs on cache-sized slices instead of DRAM-sized tensors.
+path's. The row sizes are chosen per device (``plan_for``): cache-sized on a CPU, few large kernels on a
+GPU, where nothing in the loss reads a value back to the host (no synchronisation).
 This is the approach of e.g. Liger-Kernel's fused linear cross-entropy and Apple's "Cut Your Losses".
 
 Under ``torch.autocast`` the compute dtype is the autocast dtype, exactly as ``nn.Linear`` would use;
@@ -24,19 +25,49 @@ otherwise it is ``hidden``'s dtype. The softmax and the loss are always computed
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-DEFAULT_CHUNK_SIZE = 1024
-"""Rows per chunk: the matmuls run on (chunk_size, V) blocks and dW is accumulated once per chunk.
-Memory grows with it (about ``chunk_size * V * 2`` bytes in bf16); fewer, larger chunks keep the
-matmuls efficient and the fp32 dW accumulations few. Measured on 2 AVX-512 cores, V=50304, N=2048:
-1024 rows in 32-row slices was the fastest setting (see benchmarks/RESULTS.md)."""
 
-SUB_ROWS = 32
-"""Rows of the fp32 softmax work done at once: 32 x 50304 x 4 bytes = 6.4 MB stays in the CPU's cache."""
+@dataclass(frozen=True)
+class HeadPlan:
+    """How the rows are cut: the sizes that suit one device.
+
+    On a CPU the elementwise softmax work should stay in cache; on a GPU every slice is a batch of kernel
+    launches, so the work should be a few large kernels and only memory bounds the chunk.
+    """
+
+    chunk_rows: int
+    """Rows of logits materialised at once (the matmuls run on (chunk_rows, V) blocks)."""
+    slice_rows: int | None
+    """Rows of fp32 softmax work done at once inside a chunk; None: the whole chunk in one pass."""
+    accumulate_rows: int | None
+    """Row blocks of the fp32 dW accumulation of a low-precision partial; None: one pass."""
+
+
+CPU_PLAN = HeadPlan(chunk_rows=1024, slice_rows=32, accumulate_rows=4096)
+"""Measured on 2 AVX-512 cores, V=50304, N=2048 (benchmarks/RESULTS.md): 1024-row chunks in 32-row
+slices (32 x 50304 x 4 bytes = 6.4 MB of fp32 stays in cache) were fastest; a whole-tensor mixed-dtype
+``+=`` made a 77 MB fp32 temporary, so dW is summed in 4096-row blocks."""
+
+GPU_CHUNK_BYTES = 2 << 30
+"""Scratch a chunk may use on an accelerator: its logits in the compute dtype plus one fp32 buffer for the
+log-softmax (6 bytes x V a row in bf16). 2 GiB is 6,912 rows of GPT-2's 50304-token vocabulary, so a
+16 x 1024 batch takes 3 chunks; the plain head of that batch needs several times the memory (nanoGPT's
+eager step peaks 7 GiB above its body). Measured on an H100 with the previous code: 4096-row chunks ran the
+step within 2% of one chunk of all rows (55.8 vs 54.8 ms) at 9.5 instead of 15.3 GiB."""
+
+
+def plan_for(device_type: str, n_rows: int, vocab: int, compute_dtype: torch.dtype) -> HeadPlan:
+    """The row plan for ``device_type``: cache-sized on CPU, memory-sized (few large kernels) elsewhere."""
+    if device_type == "cpu":
+        return CPU_PLAN
+    row_bytes = vocab * (torch.finfo(compute_dtype).bits // 8 + 4)
+    rows = max(256, GPU_CHUNK_BYTES // row_bytes // 256 * 256)  # a multiple of 256 keeps the GEMMs tiled
+    return HeadPlan(chunk_rows=min(rows, max(n_rows, 1)), slice_rows=None, accumulate_rows=None)
 
 
 def _compute_dtype(hidden: Tensor) -> torch.dtype:
@@ -46,46 +77,37 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _softmax_grad_(z: Tensor, targets: Tensor, ignore_index: int, work: Tensor) -> Tensor:
-    """Summed NLL of logits ``z`` (n, V) and, in place, ``z <- softmax(z) - onehot(targets)`` (0 if ignored).
+def _softmax_grad_(z: Tensor, safe_t: Tensor, logp: Tensor, minus_one: Tensor) -> Tensor:
+    """Per-row NLL of logits ``z`` (n, V) and, in place, ``z <- softmax(z) - onehot(safe_t)``.
 
-    The softmax runs in fp32 whatever ``z``'s dtype, in ``work``: a reusable fp32 scratch buffer of
-    shape (2, >= n, V) holding the fp32 copy of ``z`` and its log-softmax, so the slices of one call
-    allocate nothing. The result is rounded to ``z``'s dtype once, at the end (a mixed-dtype
-    ``exp(out=z)`` was measured slower: the CPU kernel goes through an fp32 temporary anyway).
+    ``safe_t`` (n, 1) holds valid class ids only (ignored rows are masked by the caller, on the much
+    smaller hidden states). The softmax runs in fp32 whatever ``z``'s dtype, in ``logp``: a reusable fp32
+    scratch of shape (>= n, V), so the slices of one call allocate nothing. The result is rounded to
+    ``z``'s dtype once, at the end. No value is read back to the host: no synchronisation on a GPU.
     """
-    ok = targets != ignore_index  # (n,)
-    all_ok = bool(ok.all())
-    safe_t = targets if all_ok else targets.masked_fill(~ok, 0)
-    safe_t = safe_t[:, None]  # (n, 1)
     n = z.shape[0]
-    zf, logp = work[0, :n], work[1, :n]
-    if z.dtype == torch.float32:
-        zf = z
-    else:
-        zf.copy_(z)
-    torch.log_softmax(zf, dim=-1, out=logp)  # (n, V) fp32, one fused pass
+    logp = logp[:n]
+    torch.log_softmax(z, dim=-1, dtype=torch.float32, out=logp)  # (n, V) fp32, one fused pass
     nll = -logp.gather(1, safe_t).squeeze(1)  # (n,)
     probs = logp.exp_()  # softmax, in place
-    probs.scatter_add_(1, safe_t, torch.full(safe_t.shape, -1.0, dtype=probs.dtype, device=probs.device))
-    if not all_ok:
-        nll = nll.masked_fill(~ok, 0.0)
-        probs.masked_fill_(~ok[:, None], 0.0)
+    probs.scatter_add_(1, safe_t, minus_one[:n])  # minus_one: (>= n, 1) fp32 filled with -1
     z.copy_(probs)
-    return nll.sum()
+    return nll
 
 
-def _accumulate_(dst: Tensor, src: Tensor, first: bool, rows: int = 4096) -> None:
-    """``dst (+)= src`` for an fp32 ``dst`` and a lower-precision ``src``, in row blocks.
+def _accumulate_(dst: Tensor, src: Tensor, first: bool, rows: int | None) -> None:
+    """``dst (+)= src`` for an fp32 ``dst`` and a lower-precision ``src``, in row blocks (None: at once).
 
-    A mixed-dtype ``dst += src`` converts all of ``src`` into a temporary fp32 tensor first (on CPU a
-    (V, C) fp32 allocation and an extra pass); blocks keep that temporary small and in cache.
+    On CPU a mixed-dtype ``dst += src`` converts all of ``src`` into a temporary fp32 tensor first (a
+    (V, C) fp32 allocation and an extra pass), so blocks keep that temporary small and in cache; a GPU
+    converts inside the kernel, where one launch is best.
     """
-    for a in range(0, dst.shape[0], rows):
+    step = rows or dst.shape[0]
+    for a in range(0, dst.shape[0], step):
         if first:
-            dst[a : a + rows].copy_(src[a : a + rows])
+            dst[a : a + step].copy_(src[a : a + step])
         else:
-            dst[a : a + rows] += src[a : a + rows]
+            dst[a : a + step] += src[a : a + step]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -97,57 +119,65 @@ class _LinearCrossEntropy(torch.autograd.Function):
         hidden: Tensor,
         weight: Tensor,
         targets: Tensor,
-        chunk_size: int,
+        plan: HeadPlan,
         ignore_index: int,
         compute_dtype: torch.dtype,
     ) -> Tensor:
-        n_rows = hidden.shape[0]
+        n_rows, vocab = hidden.shape[0], weight.shape[0]
         h = hidden.to(compute_dtype)  # (N, C)
         w = weight.to(compute_dtype)  # (V, C)
         valid = targets != ignore_index  # (N,)
-        n_valid = valid.sum()
-        scale = 1.0 / n_valid.clamp(min=1).to(torch.float32)
+        safe_targets = torch.where(valid, targets, 0)[:, None]  # (N, 1): ignored rows point at class 0
+        # Ignored rows are masked on the hidden side: their loss is multiplied by 0 and their hidden state
+        # zeroed for dW, and their rows of dh zeroed: O(N * C) work instead of O(N * V), and no branch on
+        # the data (a `bool(valid.all())` would synchronise with the GPU on every call).
+        keep = valid.to(compute_dtype)[:, None]  # (N, 1)
+        scale = 1.0 / valid.sum().clamp(min=1).to(torch.float32)
 
         grad_enabled = torch.is_grad_enabled() or any(ctx.needs_input_grad[:2])
         need_dh = grad_enabled and ctx.needs_input_grad[0]
         need_dw = grad_enabled and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_dh else None
         grad_w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device) if need_dw else None
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        nll = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
         # Scratch allocated once per call and reused by every chunk and slice: large fresh allocations
-        # are not free on CPU (each comes with new pages from the OS, i.e. page faults and zeroing).
-        rows = min(chunk_size, n_rows)
-        z_buf = torch.empty(rows, weight.shape[0], dtype=compute_dtype, device=hidden.device)
-        work = torch.empty(2, min(SUB_ROWS, rows), weight.shape[0], dtype=torch.float32, device=hidden.device)
+        # are not free (on CPU each comes with new pages from the OS, i.e. page faults and zeroing).
+        rows = min(plan.chunk_rows, n_rows)
+        sub = min(plan.slice_rows or rows, rows)
+        z_buf = torch.empty(rows, vocab, dtype=compute_dtype, device=hidden.device)
+        logp = torch.empty(sub, vocab, dtype=torch.float32, device=hidden.device)
+        minus_one = torch.full((sub, 1), -1.0, dtype=torch.float32, device=hidden.device)
         partial = (
             torch.empty(weight.shape, dtype=compute_dtype, device=weight.device)
             if need_dw and compute_dtype != torch.float32
             else None
         )
 
-        for start in range(0, n_rows, chunk_size):
-            end = min(start + chunk_size, n_rows)
+        for start in range(0, n_rows, rows):
+            end = min(start + rows, n_rows)
             h_i = h[start:end]  # (n, C)
             z = z_buf[: end - start]  # (n, V): the logits, then in place the logit gradient
             torch.mm(h_i, w.T, out=z)  # in the compute dtype (fp32 accumulation inside the matmul)
-            t_i = targets[start:end]  # (n,)
-            for s in range(0, end - start, SUB_ROWS):  # cache-sized slices for the elementwise work
-                loss_sum += _softmax_grad_(z[s : s + SUB_ROWS], t_i[s : s + SUB_ROWS], ignore_index, work)
+            for s in range(0, end - start, sub):  # CPU: cache-sized slices; GPU: one pass
+                a, e = start + s, min(start + s + sub, end)
+                nll[a:e] = _softmax_grad_(z[s : s + sub], safe_targets[a:e], logp, minus_one)
             if grad_h is not None:
                 torch.mm(z, w, out=grad_h[start:end])  # (n, C)
+                grad_h[start:end] *= keep[start:end]
             if grad_w is not None:
+                h_kept = h_i * keep[start:end]  # ignored rows add nothing to dW
                 if partial is None:  # fp32: accumulate in place
                     if start == 0:
-                        torch.mm(z.T, h_i, out=grad_w)
+                        torch.mm(z.T, h_kept, out=grad_w)
                     else:
-                        grad_w.addmm_(z.T, h_i)
+                        grad_w.addmm_(z.T, h_kept)
                 else:  # bf16/fp16 partial (fp32 inside the matmul), summed in fp32
-                    torch.mm(z.T, h_i, out=partial)
-                    _accumulate_(grad_w, partial, first=start == 0)
+                    torch.mm(z.T, h_kept, out=partial)
+                    _accumulate_(grad_w, partial, first=start == 0, rows=plan.accumulate_rows)
         ctx.save_for_backward(grad_h, grad_w, scale)
         ctx.hidden_dtype, ctx.weight_dtype = hidden.dtype, weight.dtype
         ctx.consumed = False
-        return loss_sum * scale
+        return torch.dot(nll, valid.to(torch.float32)) * scale
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -172,7 +202,7 @@ def linear_cross_entropy(
     weight: Tensor,
     targets: Tensor,
     *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     ignore_index: int = -100,
 ) -> Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, never materialising all logits.
@@ -182,7 +212,9 @@ def linear_cross_entropy(
         weight: (V, C) output-head weight (may be tied to the token embedding; its gradient is
             returned in ``weight``'s dtype and autograd adds it to the embedding's).
         targets: (N,) token ids; entries equal to ``ignore_index`` are left out of the mean.
-        chunk_size: rows processed at once; peak extra memory is about ``chunk_size * V * 10`` bytes.
+        chunk_size: rows processed at once; None: the device's plan (``plan_for``: 1024 rows in 32-row
+            slices on CPU, about 2 GiB of scratch on a GPU). Peak extra memory is about
+            ``chunk_size * V * 6`` bytes in bf16.
         ignore_index: target value to ignore.
 
     Returns:
@@ -201,8 +233,11 @@ def linear_cross_entropy(
             f"shape mismatch: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)}, "
             f"targets {tuple(targets.shape)}"
         )
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     compute_dtype = _compute_dtype(hidden)
+    plan = plan_for(hidden.device.type, hidden.shape[0], weight.shape[0], compute_dtype)
+    if chunk_size is not None:
+        plan = replace(plan, chunk_rows=chunk_size)
     with torch.autocast(hidden.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_size, ignore_index, compute_dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, plan, ignore_index, compute_dtype)

@@ -69,9 +69,12 @@ class CausalSelfAttention(nn.Module):
         # qkv rows are laid out per KV group: [q_0 .. q_{G-1}, k, v] for each KV head, so that a
         # column-wise (tensor-parallel) shard holds whole groups; -1 is the local number of KV heads.
         qkv = self.qkv(x).view(B, T, -1, G + 2, D)  # (B, T, H_kv, G + 2, D)
-        q = qkv[:, :, :, :G].reshape(B, T, -1, D).transpose(1, 2)  # (B, H, T, D), head h = kv * G + j
-        k = qkv[:, :, :, G].transpose(1, 2)  # (B, H_kv, T, D)
-        v = qkv[:, :, :, G + 1].transpose(1, 2)  # (B, H_kv, T, D)
+        # one split: its backward is a single cat (indexing q, k, v out separately would zero-fill and
+        # scatter three full-size gradients of qkv in backward)
+        q, k, v = qkv.split((G, 1, 1), dim=3)
+        q = q.reshape(B, T, -1, D).transpose(1, 2)  # (B, H, T, D), head h = kv * G + j
+        k = k.squeeze(3).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.squeeze(3).transpose(1, 2)  # (B, H_kv, T, D)
         q, k = pctx.rotate(q, k)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(start, k, v)  # (B, H_kv, start + T, D)

@@ -30,8 +30,17 @@ def apply_activation_checkpointing(model: GPT) -> None:
         model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=True)
 
 
-def apply_compile(model: GPT) -> None:
-    """torch.compile each block in place (repeated blocks share one compiled graph)."""
+def apply_compile(model: GPT, scope: str = "blocks") -> None:
+    """torch.compile in place: each block (repeated blocks share one compiled graph), or the whole model.
+
+    ``model`` puts embeddings, blocks, the head and the fused loss in one graph, so inductor fuses the
+    loss's elementwise softmax work into a few kernels; ``blocks`` compiles faster and composes with FSDP2.
+    """
+    if scope == "model":
+        model.compile(dynamic=False)
+        return
+    if scope != "blocks":
+        raise ValueError(f"compile scope must be 'blocks' or 'model', got {scope!r}")
     for block in model.blocks:
         block.compile(dynamic=False)
 
@@ -85,7 +94,13 @@ def parallelize(lit: LitGPT, model: GPT) -> None:
     if lit.activation_checkpointing and not _fsdp1(strategy):
         apply_activation_checkpointing(model)
     if lit.compile:
-        apply_compile(model)
+        scope = "blocks" if lit.compile is True else str(lit.compile)
+        if scope == "model" and model_parallel:
+            raise ValueError(
+                "compile: model compiles the whole model in one graph, which FSDP2/tensor parallel wrap per "
+                "block; use compile: true (per block) with ModelParallelStrategy."
+            )
+        apply_compile(model, scope)
     if model_parallel:
         precision = str(lit.trainer.precision)
         param_dtype = torch.bfloat16 if precision == "bf16-mixed" else None

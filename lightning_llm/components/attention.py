@@ -118,9 +118,10 @@ class NaiveAttention(AttentionKernel):
         S = k.shape[2]
         k, v = expand_kv(k, H), expand_kv(v, H)  # (B, H, S, D)
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))  # (B, H, T, S)
-        att = att.float()
+        acc = torch.promote_types(att.dtype, torch.float32)  # fp32 softmax for 16-bit, fp64 stays fp64
+        att = att.to(acc)
         if bias is not None:
-            att = att + bias.float()
+            att = att + bias.to(acc)
         if causal and T > 1:
             att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
         att = torch.softmax(att, dim=-1).to(q.dtype)

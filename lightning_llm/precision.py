@@ -1,0 +1,72 @@
+"""Precision names -> dtypes, and the CPU's bfloat16 question, in one place.
+
+Lightning's precision strings ("bf16-mixed", "32-true", ...) are read here for the training dtype of the
+model, the MFU peak and the CPU check. A CPU without native bfloat16 matmuls (no AVX-512 BF16 / AMX)
+emulates them some 40x slower than fp32 (measured on an AVX2 EPYC: 0.8-1.8 GFLOP/s bf16 vs 45-65 fp32),
+so bf16 training there is a trap the package steps around, saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import torch
+
+PRECISION_DTYPES = {
+    "32-true": torch.float32,
+    "32": torch.float32,
+    "64-true": torch.float64,
+    "bf16-mixed": torch.bfloat16,
+    "bf16-true": torch.bfloat16,
+    "16-mixed": torch.float16,
+    "16-true": torch.float16,
+}
+
+CPU_BF16_ENV = "LIGHTNING_LLM_CPU_BF16"
+"""Set to 1 to train in bf16 on a CPU even where it is emulated (slow)."""
+
+EMULATED_RATIO = 4.0
+"""bf16 slower than fp32 by more than this on a 256^3 matmul means no native bf16 (native: about 0.5x)."""
+
+
+def training_dtype(precision: str) -> torch.dtype:
+    """The dtype a precision string computes its matmuls in; unknown strings are an error."""
+    try:
+        return PRECISION_DTYPES[str(precision)]
+    except KeyError:
+        raise ValueError(
+            f"Unknown precision {precision!r}; lightning-llm knows {', '.join(PRECISION_DTYPES)}."
+        ) from None
+
+
+@functools.cache
+def cpu_bf16_slowdown() -> float:
+    """How many times slower a 256^3 bf16 matmul is than fp32 on this CPU (best of 3 each, ~0.1 s)."""
+
+    def best(dtype: torch.dtype) -> float:
+        a = torch.randn(256, 256, dtype=dtype)
+        a @ a
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(torch.bfloat16) / max(best(torch.float32), 1e-9)
+
+
+def cpu_precision(precision: str) -> tuple[str, str | None]:
+    """The precision to train with on this CPU, and why it differs from ``precision`` (None: unchanged)."""
+    if not str(precision).startswith("bf16") or os.environ.get(CPU_BF16_ENV) == "1":
+        return str(precision), None
+    slowdown = cpu_bf16_slowdown()
+    if slowdown <= EMULATED_RATIO:
+        return str(precision), None
+    return "32-true", (
+        f"trainer.precision {precision} -> 32-true: this CPU has no native bfloat16 matmul (a bf16 matmul "
+        f"measured {slowdown:.0f}x slower than fp32 here), so bf16 would train many times slower. "
+        f"Set {CPU_BF16_ENV}=1 to keep bf16 anyway."
+    )
