@@ -32,6 +32,9 @@ __all__ = ["XFormersAttention", "runnable_kernels"]
 __version__ = "0.1.0"
 
 INSTALL_HINT = "pip install 'lightning-llm-xformers[xformers]' (xformers wheels pin a torch and CUDA version)"
+WORKING_PAIRS = {"0.0.35": "torch==2.10.0"}
+"""xformers release -> the torch release its PyPI wheels were built for (its ``cpp_lib.json``: 0.0.35 was
+built for 2.10.0+cu128), pinned together by this distribution's ``xformers`` extra."""
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -54,6 +57,54 @@ def _import_xformers() -> tuple[ModuleType | None, str | None, str | None]:
     except Exception:  # private module moved: nothing more to report
         cpp_err = None
     return xops, None, (" ".join(str(cpp_err).split()) if cpp_err is not None else None)
+
+
+def installed_build() -> dict[str, Any] | None:
+    """The versions the installed xformers was built for (its ``cpp_lib.json``), read without importing it.
+
+    Returns ``{"xformers": ..., "torch": "2.10.0+cu128", "cuda": 1208}`` or None if xformers or the file
+    is missing (a source build may not write one).
+    """
+    import importlib.metadata
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("xformers")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "cpp_lib.json"
+    try:
+        version = json.loads(path.read_text())["version"]
+        return {
+            "xformers": importlib.metadata.version("xformers"),
+            "torch": str(version["torch"]),
+            "cuda": version.get("cuda"),
+        }
+    except (OSError, ValueError, KeyError, TypeError, importlib.metadata.PackageNotFoundError):
+        return None
+
+
+def build_mismatch(build: dict[str, Any], torch_version: str, torch_cuda: str | None) -> str | None:
+    """Why an xformers build for ``build["torch"]``/``build["cuda"]`` can't load its operators under this
+    torch (release and CUDA major must match: the C++ extensions link against torch's ABI), or None."""
+    built_torch = build["torch"].split("+")[0]
+    have_torch = torch_version.split("+")[0]
+    cuda = build.get("cuda")
+    built_cuda = f"{cuda // 100}.{cuda % 100}" if isinstance(cuda, int) else None
+    problems = []
+    if built_torch != have_torch:
+        problems.append(f"torch {built_torch} (you have {have_torch})")
+    if built_cuda and torch_cuda and built_cuda.split(".")[0] != torch_cuda.split(".")[0]:
+        problems.append(f"CUDA {built_cuda} (your torch is built with CUDA {torch_cuda})")
+    if not problems:
+        return None
+    pair = WORKING_PAIRS.get(build["xformers"], f"the torch release xformers {build['xformers']} names")
+    return (
+        f"xformers {build['xformers']} was built for {' and '.join(problems)}, so its C++/CUDA operators "
+        f"cannot load. Working pair: {pair} with xformers=={build['xformers']} ({INSTALL_HINT}); or choose "
+        "attention sdpa or flash, which need no extra package"
+    )
 
 
 def xformers_ops() -> ModuleType:
@@ -119,6 +170,10 @@ class XFormersAttention(AttentionKernel):
             )
         if torch.version.cuda is None:
             return f"this PyTorch ({torch.__version__}) is built without CUDA; xformers needs a CUDA build"
+        build = installed_build()
+        mismatch = build and build_mismatch(build, torch.__version__, torch.version.cuda)
+        if mismatch:
+            return mismatch
         if not torch.cuda.is_available():
             return "no CUDA device is visible (torch.cuda.is_available() is False)"
         failures = {dt: _probe_cuda(dt) for dt in (torch.float16, torch.bfloat16)}

@@ -68,6 +68,43 @@ def test_not_importable_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     assert reason is not None and "not importable" in reason
 
 
+BUILD_0035 = {"xformers": "0.0.35", "torch": "2.10.0+cu128", "cuda": 1208}
+
+
+@pytest.mark.parametrize(
+    ("torch_version", "torch_cuda", "expect"),
+    [
+        ("2.10.0+cu128", "12.8", None),
+        ("2.10.0", "12.6", None),  # same torch release, same CUDA major: the extensions load
+        ("2.14.1+cu130", "13.0", ["torch 2.10.0 (you have 2.14.1)", "CUDA 12.8"]),
+        ("2.11.0", "12.8", ["torch 2.10.0 (you have 2.11.0)"]),
+        ("2.10.0+cu130", "13.0", ["CUDA 12.8 (your torch is built with CUDA 13.0)"]),
+    ],
+)
+def test_build_mismatch_names_the_working_pair(torch_version, torch_cuda, expect) -> None:
+    reason = lx.build_mismatch(BUILD_0035, torch_version, torch_cuda)
+    if expect is None:
+        assert reason is None
+        return
+    assert reason is not None
+    for part in expect:
+        assert part in reason
+    assert "torch==2.10.0 with xformers==0.0.35" in reason and "sdpa" in reason
+
+
+def test_installed_build_is_read_without_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+    build = lx.installed_build()
+    if build is None:
+        pytest.skip("xformers is not installed here (make test installs it)")
+    assert build["xformers"] and build["torch"]
+    # the real installed record gives the build-time reason on a CUDA device type, before any probe
+    monkeypatch.setattr(lx, "_probe_cuda", lambda dt: pytest.fail("probed despite a known mismatch"))
+    mismatch = lx.build_mismatch(build, torch.__version__, torch.version.cuda)
+    reason = lx.XFormersAttention().unavailable_reason("cuda")
+    if torch.version.cuda is not None and mismatch:
+        assert reason == mismatch
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without a GPU")
 def test_cuda_reason_without_a_gpu() -> None:
     reason = lx.XFormersAttention().unavailable_reason("cuda")
