@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning_llm.data.dedup import ExactDedup, NearDedup
+from lightning_llm.data.errors import ConfigError
 from lightning_llm.data.filters import quality_filters
 from lightning_llm.data.sources import Document
 
@@ -194,17 +195,30 @@ class CleanConfig:
     """Words per shingle for near-dedup."""
 
     def __post_init__(self) -> None:
+        problems = []
         if self.normalize is not None and self.normalize not in NORMAL_FORMS:
-            raise ValueError(
-                f"normalize must be one of {', '.join(NORMAL_FORMS)} or None, got {self.normalize!r}"
+            problems.append(
+                f"--clean.normalize must be one of {', '.join(NORMAL_FORMS)}, or null to keep text as "
+                f"read; got {self.normalize!r}"
             )
         for name in ("min_alpha_ratio", "max_symbol_ratio", "max_repetition_ratio", "max_ngram_repetition_ratio",
                      "min_stopword_ratio", "minhash_threshold"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} is a fraction between 0 and 1, got {value}")
+                problems.append(f"--clean.{name} is a fraction between 0 and 1; got {value}")
         if self.repetition_ngram < 1 or self.shingle_size < 1 or self.minhash_num_perm < 2:
-            raise ValueError("repetition_ngram and shingle_size must be >= 1, minhash_num_perm >= 2")
+            problems.append(
+                f"--clean.repetition_ngram ({self.repetition_ngram}) and --clean.shingle_size "
+                f"({self.shingle_size}) must be at least 1 and --clean.minhash_num_perm "
+                f"({self.minhash_num_perm}) at least 2"
+            )
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
+            problems.append(
+                f"--clean.min_chars {self.min_chars} is more than --clean.max_chars {self.max_chars}, "
+                f"which would drop every document; lower min_chars or raise max_chars"
+            )
+        if problems:
+            raise ConfigError("invalid cleaning settings: " + "; ".join(problems) + ".")
 
 
 def config_filters(cfg: CleanConfig) -> list[Any]:

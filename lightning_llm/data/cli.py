@@ -8,10 +8,13 @@ lightning-llm prepare --config configs/data/classics.yaml --clean.min_chars 200 
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from lightning_llm.data.prepare import PrepareConfig, PrepareError, prepare
+from lightning_llm.data.errors import DataError, PrepareError
+from lightning_llm.data.prepare import PrepareConfig, prepare
+from lightning_llm.data.tokenizer import TokenizerError
 
 
 def build_parser() -> ArgumentParser:
@@ -28,11 +31,13 @@ def build_parser() -> ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> PrepareConfig:
-    """``PrepareConfig`` from command-line arguments (and ``--config`` files)."""
+    """``PrepareConfig`` from command-line arguments (and ``--config`` files), validated.
+
+    The parser only checks types; building the dataclass runs its validation (``ConfigError``).
+    """
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    ns.pop("config", None)
-    return parser.instantiate(ns)
+    ns = parser.instantiate(parser.parse_args(argv))  # builds the nested CleanConfig
+    return PrepareConfig(**{f.name: ns[f.name] for f in fields(PrepareConfig)})
 
 
 def prepare_main(argv: list[str] | None = None) -> None:
@@ -40,7 +45,7 @@ def prepare_main(argv: list[str] | None = None) -> None:
     try:
         cfg = parse_config(argv)
         prepare(cfg)
-    except (PrepareError, FileNotFoundError) as err:
+    except (PrepareError, DataError, TokenizerError, FileNotFoundError) as err:
         sys.exit(f"lightning-llm prepare: error: {err}")
 
 

@@ -7,6 +7,10 @@ The position of the training loader is part of the module's ``state_dict``, whic
 every checkpoint; on resume it is restored into the loader when the loader is created, so the run goes
 on with exactly the batches an uninterrupted run would have seen (litdata does not do this by itself
 under the Trainer, litData issue #775).
+
+A damaged dataset is refused when the module is created (``integrity.verify_dataset``: marker, indexes,
+chunk files and their sizes and headers, tokenizer), and every batch is checked on the CPU, in the
+loader, for token ids outside the vocabulary (a chunk overwritten in place).
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ import lightning as L
 import numpy as np
 import torch
 
-from lightning_llm.data.prepare import MARKER, TOKENIZER_DIR, read_marker
+from lightning_llm.data.errors import DataError
+from lightning_llm.data.integrity import DatasetDamaged, damaged, read_marker, verify_dataset
+from lightning_llm.data.prepare import MARKER, TOKENIZER_DIR
 from lightning_llm.data.tokenizer import Tokenizer, TokenizerError
 
-
-class DataError(ValueError):
-    """A dataset that is missing, incomplete, too small, or does not fit the model."""
+__all__ = ["DataError", "TokenDataModule", "CheckedCollate", "collate_tokens"]
 
 
 def collate_tokens(items: list[Any]) -> torch.Tensor:
@@ -32,6 +36,33 @@ def collate_tokens(items: list[Any]) -> torch.Tensor:
     if isinstance(items[0], torch.Tensor):
         return torch.stack(items).long()
     return torch.from_numpy(np.stack(items).astype(np.int64))
+
+
+class CheckedCollate:
+    """``collate_tokens`` that refuses a batch holding a token id outside ``[0, vocab_size)``.
+
+    Runs where the loader collates (a worker process, or the main one with ``num_workers=0``), on the
+    CPU arrays litdata read, before anything goes to a device: a vectorised min/max per batch, no
+    device synchronisation. An id out of range means a chunk was overwritten or mixed with another
+    dataset's; without the check the embedding fails with an ``IndexError`` (or, on a GPU, a device
+    assert) far from the cause.
+    """
+
+    def __init__(self, vocab_size: int, dataset: str, split: str) -> None:
+        self.vocab_size, self.dataset, self.split = vocab_size, dataset, split
+
+    def __call__(self, items: list[Any]) -> torch.Tensor:
+        arrays = [t.numpy() if isinstance(t, torch.Tensor) else t for t in items]
+        batch = np.stack(arrays)
+        hi, lo = int(batch.max()), int(batch.min())
+        if hi >= self.vocab_size or lo < 0:
+            bad = hi if hi >= self.vocab_size else lo
+            raise damaged(
+                self.dataset,
+                f"its {self.split} split holds token id {bad}, outside its tokenizer's {self.vocab_size} ids "
+                f"(0..{self.vocab_size - 1}): a chunk file was overwritten",
+            )
+        return torch.from_numpy(batch.astype(np.int64))
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -70,8 +101,7 @@ class TokenDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        self._marker = _check_prepared(self.path)
-        self._tokenizer = Tokenizer.load(self.path / TOKENIZER_DIR)
+        self._marker, self._tokenizer = _check_prepared(self.path)
         self._train_loader: Any = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -114,7 +144,7 @@ class TokenDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> Any:
-        from litdata import StreamingDataLoader, StreamingDataset
+        from litdata import StreamingDataset
         from litdata.streaming.item_loader import TokensLoader
 
         if self.num_blocks(split) == 0:
@@ -135,11 +165,11 @@ class TokenDataModule(L.LightningDataModule):
             # (a Bible book) then arrives as a run of batches and the loss jumps. Permute every block.
             item_shuffle_window=0,
         )
-        return StreamingDataLoader(
+        return _loader_class()(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
-            collate_fn=collate_tokens,
+            collate_fn=CheckedCollate(self.vocab_size, str(self.path), split),
             drop_last=self.drop_last,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
@@ -185,14 +215,48 @@ class TokenDataModule(L.LightningDataModule):
             self._pending_state = None
 
 
-def _check_prepared(path: Path) -> dict[str, Any]:
+_LOADER: Any = None
+
+
+def _loader_class() -> Any:
+    """litdata's ``StreamingDataLoader``, re-raising a worker's ``DatasetDamaged`` with its own message.
+
+    PyTorch re-raises an error of a loader worker with the worker's traceback as its message; the
+    damaged-dataset message is cut back out of it, so the CLI prints one paragraph with or without
+    workers. (A class built on first use: litdata is imported only when a loader is made.)
+    """
+    global _LOADER
+    if _LOADER is None:
+        from litdata import StreamingDataLoader
+
+        class TokenLoader(StreamingDataLoader):
+            def __iter__(self) -> Any:
+                try:
+                    yield from super().__iter__()
+                except DatasetDamaged as err:
+                    text = str(err)
+                    if "Original Traceback" in text:  # from a worker: keep the message, drop the traceback
+                        text = text.rstrip().rsplit(f"{DatasetDamaged.__name__}: ", 1)[-1]
+                    raise DatasetDamaged(text) from None
+
+        _LOADER = TokenLoader
+    return _LOADER
+
+
+def _check_prepared(path: Path) -> tuple[dict[str, Any], Tokenizer]:
+    """The marker and tokenizer of a whole prepared dataset; raises ``DataError`` for anything else.
+
+    Cheap: reads the marker, the indexes, the tokenizer and each chunk's size and header, no tokens.
+    """
     hint = f"Prepare it with `lightning-llm prepare --output_dir {path}` (see configs/data/classics.yaml)."
     if not path.is_dir():
         raise DataError(f"No dataset at {path}. {hint}")
     marker = read_marker(path)
     if marker is None:
         raise DataError(f"{path} is not a (completely) prepared dataset: no {MARKER}. {hint}")
-    for part in ("train/index.json", "val/index.json", f"{TOKENIZER_DIR}/tokenizer.json"):
-        if not (path / part).is_file():
-            raise DataError(f"{path} is incomplete: {part} is missing. Rebuild it: {hint}")
-    return marker
+    try:
+        tokenizer = Tokenizer.load(path / TOKENIZER_DIR)
+    except TokenizerError as err:
+        raise damaged(path, str(err).rstrip(".")) from None
+    verify_dataset(path, marker, tokenizer.fingerprint())
+    return marker, tokenizer

@@ -5,10 +5,18 @@ Output layout of ``output_dir``::
     train/  val/      litdata ``optimize`` outputs: documents as token arrays, each ending in <|endoftext|>
     tokenizer/        the tokenizer (``Tokenizer.load``); for a trained BPE also the HF tokenizer
     report.json       what was read, removed and written, with timings
-    prepared.json     completion marker: the settings that produced this directory (written last)
+    prepared.json     completion marker: the settings that produced this directory, the tokenizer and
+                      each split's documents, tokens and index sha256 (written last, atomically)
+    .prepare.lock     locked (flock) by the run writing the directory; kept, harmless when unlocked
 
-A complete directory prepared with the same settings is reused; one without a marker (an interrupted
-run) is rebuilt; a complete one with other settings is refused unless ``overwrite`` is set.
+A complete directory prepared with the same settings is reused (after a cheap check that its files are
+whole, see ``integrity``; a damaged one is rebuilt); one without a marker (an interrupted run) is rebuilt;
+a complete one with other settings is refused unless ``overwrite`` is set.
+
+Every setting is validated before anything is read. One run at a time writes a directory: a second run
+on it fails at once (``locking.exclusive``). A run builds everything in its private ``.staging/`` and
+moves it into place only when all of it is written and checked, marker last; a failed run removes its
+staging and leaves the directory as it found it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,16 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from lightning_llm.data.clean import CleanConfig, build_pipeline
+from lightning_llm.data.errors import ConfigError, PrepareError
+from lightning_llm.data.integrity import (
+    MARKER,
+    DatasetDamaged,
+    check_written,
+    index_sha256,
+    read_marker,
+    verify_dataset,
+)
+from lightning_llm.data.locking import atomic_write_text, exclusive
 from lightning_llm.data.shards import (
     ShardWriter,
     read_shard,
@@ -38,21 +56,17 @@ from lightning_llm.data.sources import Document, resolve_source
 from lightning_llm.data.tokenizer import (
     HF_TOKENIZER_FILE,
     Tokenizer,
+    TokenizerError,
     gpt2_tokenizer,
     train_bpe_with_hf,
 )
+from lightning_llm.data.validate import config_problems, parse_bytes
 
 SPLITS = ("train", "val")
-MARKER = "prepared.json"
 REPORT = "report.json"
 TOKENIZER_DIR = "tokenizer"
 STAGING = ".staging"
-TOKENIZERS = ("bpe", "gpt2")
-_OWNED = (*SPLITS, TOKENIZER_DIR, STAGING, REPORT, MARKER)  # the only paths prepare ever deletes
-
-
-class PrepareError(RuntimeError):
-    """A dataset that cannot be prepared, or an existing one that does not match the request."""
+_OWNED = (MARKER, REPORT, *SPLITS, TOKENIZER_DIR, STAGING)  # the only paths prepare deletes; marker first
 
 
 @dataclass
@@ -87,12 +101,15 @@ class PrepareConfig:
     """Rebuild an existing dataset prepared with other settings."""
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in TOKENIZERS:
-            raise PrepareError(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {self.tokenizer!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise PrepareError(f"val_fraction must be in (0, 1); got {self.val_fraction}")
-        if self.tokenizer == "bpe" and self.vocab_size < 258:
-            raise PrepareError(f"vocab_size must be at least 258 for a byte-level BPE; got {self.vocab_size}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (one paragraph, every bad field) unless all settings are usable."""
+        problems = config_problems(self)
+        if problems:
+            raise ConfigError(
+                "invalid settings, so nothing was read or written: " + "; ".join(problems) + "."
+            )
 
 
 def settings_of(cfg: PrepareConfig, source_fingerprint: str) -> dict[str, Any]:
@@ -123,19 +140,21 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def read_marker(directory: str | Path) -> dict[str, Any] | None:
-    """The completion marker of a prepared directory, or None if it is not (completely) prepared."""
-    path = Path(directory) / MARKER
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _check_existing(out: Path, cfg: PrepareConfig, wanted: dict[str, Any]) -> bool:
-    """True if ``out`` already holds this dataset; raises if it holds another one."""
-    marker = read_marker(out)
+    """True if ``out`` already holds this dataset, whole; raises if it holds another one."""
+    try:
+        marker = read_marker(out)
+    except DatasetDamaged as err:
+        print(f"{out}: {err.problem}; rebuilding it.")
+        return False
     if marker is None:
         return False
     if marker["fingerprint"] == fingerprint_of(wanted):
-        tok = Tokenizer.load(out / TOKENIZER_DIR)
+        try:
+            tok = Tokenizer.load(out / TOKENIZER_DIR)
+        except TokenizerError as err:
+            print(f"{out}: {err}; rebuilding it.")
+            return False
         if tok.fingerprint() != marker["tokenizer"]["fingerprint"]:
             if cfg.overwrite:
                 return False
@@ -144,6 +163,11 @@ def _check_existing(out: Path, cfg: PrepareConfig, wanted: dict[str, Any]) -> bo
                 f"were written with {marker['tokenizer']['name']} ({marker['tokenizer']['fingerprint'][:12]}). "
                 f"Rebuild with --overwrite true."
             )
+        try:
+            verify_dataset(out, marker, tok.fingerprint())
+        except DatasetDamaged as err:
+            print(f"{out} was prepared with these settings but is damaged: {err.problem}; rebuilding it.")
+            return False
         return True
     if cfg.overwrite:
         return False
@@ -157,9 +181,11 @@ def _check_existing(out: Path, cfg: PrepareConfig, wanted: dict[str, Any]) -> bo
     )
 
 
-def _clear(out: Path) -> None:
-    """Remove what an earlier (partial or replaced) run of prepare wrote; nothing else."""
+def _clear(out: Path, keep: str | None = None) -> None:
+    """Remove what an earlier (partial or replaced) run of prepare wrote, marker first; nothing else."""
     for name in _OWNED:
+        if name == keep:
+            continue
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -215,6 +241,12 @@ def _build_tokenizer(cfg: PrepareConfig, writers: dict[str, ShardWriter], tok_di
         texts = (t for p in writers["train"].paths for t in read_shard(p))
         print(f"Training a byte-level BPE with {cfg.vocab_size} ids on {writers['train'].bytes / 1e6:.1f} MB")
         tok, hf = train_bpe_with_hf(texts, cfg.vocab_size, show_progress=True)
+        if tok.vocab_size < cfg.vocab_size:
+            print(
+                f"The BPE has {tok.vocab_size:,} ids, not the {cfg.vocab_size:,} asked for (--vocab_size): "
+                f"the training text has no more pairs seen at least twice to merge. Using {tok.vocab_size:,} "
+                f"ids ({tok.name}); the tokenizer, report.json and prepared.json record that size."
+            )
         tok_dir.mkdir(parents=True, exist_ok=True)
         hf.save(str(tok_dir / HF_TOKENIZER_FILE))
     tok.save(tok_dir)
@@ -229,7 +261,7 @@ def _optimize(cfg: PrepareConfig, paths: list[str], out: Path, tok_dir: Path) ->
         fn=partial(tokenize_shard, tokenizer_dir=str(tok_dir.resolve())),
         inputs=paths,
         output_dir=str(out.resolve()),
-        chunk_bytes=cfg.chunk_bytes,
+        chunk_bytes=parse_bytes(cfg.chunk_bytes),
         item_loader=TokensLoader(),
         num_workers=max(1, min(cfg.num_workers, len(paths))),
         reorder_files=False,
@@ -238,22 +270,34 @@ def _optimize(cfg: PrepareConfig, paths: list[str], out: Path, tok_dir: Path) ->
 
 
 def prepare(cfg: PrepareConfig) -> Path:
-    """Prepare ``cfg.source`` into ``cfg.output_dir`` (or reuse it) and return that directory."""
-    t_start = time.perf_counter()
-    out = Path(cfg.output_dir)
+    """Prepare ``cfg.source`` into ``cfg.output_dir`` (or reuse it) and return that directory.
+
+    Raises ``ConfigError`` before any work for an invalid setting, and ``PrepareError`` if another run
+    is preparing the same directory.
+    """
+    cfg.validate()  # again: fields may have been changed since the config was made
+    out = Path(cfg.output_dir).expanduser()
     source = resolve_source(cfg.source, text_field=cfg.text_field, cache_dir=cfg.cache_dir)
+    with exclusive(out):
+        staging = out / STAGING
+        try:
+            return _prepare_locked(cfg, source, out, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -> Path:
+    t_start = time.perf_counter()
     wanted = settings_of(cfg, source.fingerprint())
     if _check_existing(out, cfg, wanted):
         print(f"Reusing {out}: already prepared with these settings (pass --overwrite true to rebuild).")
         return out
-    if out.exists():
-        _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging, tok_dir = out / STAGING, out / TOKENIZER_DIR
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed run left behind
+    tok_dir = staging / TOKENIZER_DIR
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    read, pipeline, writers = _read_and_split(cfg, source, staging)
+    read, pipeline, writers = _read_and_split(cfg, source, staging / "text")
     timings["read_clean_split_s"] = time.perf_counter() - t
     report: dict[str, Any] = {
         "source": {
@@ -269,8 +313,8 @@ def prepare(cfg: PrepareConfig) -> Path:
     report["documents_kept"] = writers["train"].documents + writers["val"].documents
     report["bytes_kept"] = writers["train"].bytes + writers["val"].bytes
     if report["documents_kept"] == 0:
-        (out / REPORT).write_text(json.dumps(report, indent=2))
-        shutil.rmtree(staging, ignore_errors=True)
+        _clear(out)
+        atomic_write_text(out / REPORT, json.dumps(report, indent=2))
         raise PrepareError(
             f"No documents left after cleaning {cfg.source!r} ({read['documents']} read):\n"
             + format_clean_report(report["clean"])
@@ -283,11 +327,11 @@ def prepare(cfg: PrepareConfig) -> Path:
     splits: dict[str, Any] = {}
     for split in SPLITS:
         t = time.perf_counter()
-        _optimize(cfg, writers[split].paths, out / split, tok_dir)
+        _optimize(cfg, writers[split].paths, staging / split, tok_dir)
         timings[f"tokenize_optimize_{split}_s"] = time.perf_counter() - t
         w = writers[split]
-        splits[split] = {"documents": w.documents, "bytes": w.bytes, "tokens": tokens_in(out / split)}
-    shutil.rmtree(staging, ignore_errors=True)
+        splits[split] = {"documents": w.documents, "bytes": w.bytes, "tokens": tokens_in(staging / split)}
+        check_written(staging, split, w.documents, tok.vocab_size)
     n_tokens = sum(s["tokens"] for s in splits.values())
     timings["total_s"] = time.perf_counter() - t_start
     tok_info = {
@@ -299,18 +343,25 @@ def prepare(cfg: PrepareConfig) -> Path:
     report |= {
         "splits": splits,
         "tokens_per_byte": n_tokens / max(1, report["bytes_kept"]),
-        "tokenizer": tok_info,
+        "tokenizer": tok_info | {"vocab_size_requested": wanted["vocab_size"]},
         "timings": timings,
         "mb_per_s": read["bytes"] / 1e6 / timings["total_s"],
     }
-    (out / REPORT).write_text(json.dumps(report, indent=2))
     marker = {
         "fingerprint": fingerprint_of(wanted),
         "settings": wanted,
         "tokenizer": tok_info,
+        "splits": {
+            s: {"documents": v["documents"], "tokens": v["tokens"], "index_sha256": index_sha256(staging / s)}
+            for s, v in splits.items()
+        },
         "source": cfg.source,
     }
-    (out / MARKER).write_text(json.dumps(marker, indent=2))
+    _clear(out, keep=STAGING)  # the marker goes first: from here until the end, out is incomplete
+    for name in (*SPLITS, TOKENIZER_DIR):
+        (staging / name).replace(out / name)
+    atomic_write_text(out / REPORT, json.dumps(report, indent=2))
+    atomic_write_text(out / MARKER, json.dumps(marker, indent=2))
     print(summary(report, out))
     return out
 

@@ -145,7 +145,15 @@ class Tokenizer:
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
             raise TokenizerError(f"No tokenizer at {path}. Prepare the dataset with `lightning-llm prepare`.")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            d = json.loads(path.read_bytes().decode("utf-8"))
+            return cls.from_dict(d)
+        except TokenizerError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # not UTF-8, not JSON, wrong fields
+            raise TokenizerError(
+                f"{path} is not a readable tokenizer ({type(err).__name__}: {err})"
+            ) from None
 
 
 # -- GPT-2 ------------------------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""Cheap checks that a prepared dataset is whole: run when prepare reuses a directory and at data setup.
+
+They read only small files and file sizes: the completion marker, each split's litdata ``index.json``
+and the few-byte header of each chunk file, never the tokens themselves. What they find:
+
+* a marker or index that is not JSON, or not the JSON prepare writes (a random or truncated file);
+* a chunk file that is missing, truncated, extended or swapped (its size and header disagree with the
+  index), and an index that is not the one prepare wrote (its sha256 is in the marker);
+* a tokenizer directory that is not the one the shards were written with.
+
+Token ids that lie outside the vocabulary (a chunk overwritten in place, same size) are caught when a
+batch is read, by ``TokenDataModule``'s collate function: a vectorised max over the batch on the CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning_llm.data.errors import DataError, PrepareError
+
+MARKER = "prepared.json"
+INDEX = "index.json"
+_HEADER_ITEM = 4  # litdata TokensLoader chunk: uint32 item count, then count + 1 uint32 byte offsets
+
+
+class DatasetDamaged(DataError):
+    """A prepared dataset whose files do not match what prepare wrote; ``problem`` says what is wrong."""
+
+    problem: str = ""
+
+
+def damaged(path: str | Path, problem: str) -> DatasetDamaged:
+    """The error for a damaged dataset at ``path``: what is wrong, and that prepare rebuilds it."""
+    err = DatasetDamaged(
+        f"The dataset {path} is damaged: {problem}. Re-run prepare to rebuild it: `lightning-llm prepare "
+        f"--output_dir {path}` with the settings that made it (it then finds the damage and rebuilds; "
+        f"with other settings, or where it asks for it, add --overwrite true)."
+    )
+    err.problem = problem
+    return err
+
+
+def read_json(path: Path, dataset: Path) -> Any:
+    """The JSON in ``path``; a file that is not UTF-8 JSON is a damaged dataset."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else f"not valid JSON ({err})"
+        raise damaged(dataset, f"{path.relative_to(dataset)} is {reason}") from None
+
+
+def read_marker(directory: str | Path) -> dict[str, Any] | None:
+    """The completion marker of a prepared directory, or None if it has none (not completely prepared).
+
+    Raises ``DatasetDamaged`` for a marker that is not the JSON prepare writes.
+    """
+    directory = Path(directory)
+    path = directory / MARKER
+    if not path.is_file():
+        return None
+    marker = read_json(path, directory)
+    ok = (
+        isinstance(marker, dict)
+        and isinstance(marker.get("fingerprint"), str)
+        and isinstance(marker.get("settings"), dict)
+        and isinstance(marker.get("tokenizer"), dict)
+        and isinstance(marker["tokenizer"].get("fingerprint"), str)
+        and isinstance(marker["tokenizer"].get("vocab_size"), int)
+    )
+    if not ok:
+        raise damaged(
+            directory, f"{MARKER} lacks the fields prepare writes (fingerprint, settings, tokenizer)"
+        )
+    return marker
+
+
+def index_sha256(split_dir: str | Path) -> str:
+    """sha256 of a split's ``index.json`` (recorded in the marker: a replaced index is found)."""
+    return hashlib.sha256((Path(split_dir) / INDEX).read_bytes()).hexdigest()
+
+
+def verify_split(dataset: Path, split: str, vocab_size: int) -> dict[str, int]:
+    """Check ``dataset/split`` against its index (without reading tokens); returns tokens and documents.
+
+    Every chunk listed must exist with the recorded size, its header must hold the recorded number of
+    documents and end at the file's end, and its tokens must be 2 bytes (vocabularies up to 65536) or 4.
+    """
+    split_dir = dataset / split
+    if not (split_dir / INDEX).is_file():
+        raise damaged(dataset, f"{split}/{INDEX} is missing")
+    index = read_json(split_dir / INDEX, dataset)
+    chunks = index.get("chunks") if isinstance(index, dict) else None
+    if not isinstance(chunks, list) or not chunks:
+        raise damaged(dataset, f"{split}/{INDEX} lists no chunks")
+    itemsize = 2 if vocab_size <= 2**16 else 4
+    tokens = documents = 0
+    for c in chunks:
+        try:
+            name, size, n_docs, dim = (
+                c["filename"],
+                int(c["chunk_bytes"]),
+                int(c["chunk_size"]),
+                int(c["dim"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise damaged(dataset, f"{split}/{INDEX} has a malformed chunk entry {c!r}") from None
+        where = f"{split}/{name}"
+        path = split_dir / name
+        if Path(name).name != name or not path.is_file():
+            raise damaged(dataset, f"chunk {where} is missing")
+        actual = path.stat().st_size
+        if actual != size:
+            raise damaged(dataset, f"chunk {where} is {actual:,} bytes, its index records {size:,}")
+        header = (n_docs + 2) * _HEADER_ITEM
+        if size != header + dim * itemsize:
+            raise damaged(dataset, f"{split}/{INDEX} records {dim:,} tokens in {where}, which does not fit")
+        with open(path, "rb") as f:
+            count = int.from_bytes(f.read(_HEADER_ITEM), "little")
+            f.seek((n_docs + 1) * _HEADER_ITEM)
+            end = int.from_bytes(f.read(_HEADER_ITEM), "little")
+        if count != n_docs or end != size:
+            raise damaged(
+                dataset, f"chunk {where} has been overwritten (its header does not match its index)"
+            )
+        tokens += dim
+        documents += n_docs
+    return {"tokens": tokens, "documents": documents}
+
+
+def verify_dataset(dataset: str | Path, marker: dict[str, Any], tokenizer_fingerprint: str) -> None:
+    """Check a prepared directory's splits and tokenizer against its marker; raises ``DatasetDamaged``."""
+    dataset = Path(dataset)
+    if tokenizer_fingerprint != marker["tokenizer"]["fingerprint"]:
+        raise damaged(
+            dataset,
+            f"tokenizer/ is not the tokenizer the shards were written with "
+            f"({tokenizer_fingerprint[:12]}, the marker records {marker['tokenizer']['fingerprint'][:12]})",
+        )
+    recorded = marker.get("splits") or {}  # markers written before the splits were recorded lack it
+    for split in ("train", "val"):
+        found = verify_split(dataset, split, int(marker["tokenizer"]["vocab_size"]))
+        want = recorded.get(split)
+        if not isinstance(want, dict):
+            continue
+        if want.get("index_sha256") not in (None, index_sha256(dataset / split)):
+            raise damaged(dataset, f"{split}/{INDEX} is not the index prepare wrote (its sha256 differs)")
+        for key in ("tokens", "documents"):
+            if want.get(key) not in (None, found[key]):
+                raise damaged(
+                    dataset, f"{split}/ holds {found[key]:,} {key}, the marker records {want[key]:,}"
+                )
+
+
+def check_written(staging: Path, split: str, documents: int, vocab_size: int) -> None:
+    """For prepare: refuse a freshly written split unless it is whole and holds all ``documents``."""
+    try:
+        found = verify_split(staging, split, vocab_size)
+    except DatasetDamaged as err:
+        raise PrepareError(
+            f"litdata wrote a damaged {split} split: {err.problem}. Nothing was replaced."
+        ) from None
+    if found["documents"] != documents:
+        raise PrepareError(
+            f"litdata wrote {found['documents']:,} documents into the {split} split instead of {documents:,}; "
+            f"the dataset was not marked complete and nothing was replaced. Run prepare again; if it "
+            f"happens again, report it with the output above."
+        )
