@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,28 @@ import torch
 
 if TYPE_CHECKING:
     from lightning_llm.model import GPT
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Refuse sampling settings that would otherwise be silently ignored or reinterpreted (ValueError).
+
+    ``temperature`` >= 0 (0: greedy); ``top_k`` None (off) or >= 1; ``top_p`` None (off) or in (0, 1].
+    """
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(
+            f"temperature {temperature} is out of range: use 0 for greedy decoding (always the most likely "
+            "token) or a positive value (e.g. 0.8; higher is more random)."
+        )
+    if top_k is not None and top_k < 1:
+        raise ValueError(
+            f"top_k {top_k} is out of range: it must be at least 1 (1 is greedy), or null (None) to sample "
+            "from the whole vocabulary."
+        )
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(
+            f"top_p {top_p} is outside (0, 1]: it is the probability mass of the most likely tokens kept "
+            "for sampling (e.g. 0.9; 1 keeps all), or null (None) for no nucleus filtering."
+        )
 
 
 def sample_next(
@@ -54,12 +77,16 @@ def generate_tokens(
     """Yield one (B, 1) tensor of new token ids per step: a prefill of the prompt, then one token at a time.
 
     The cache is static (allocated once for prompt + new tokens); the context is capped at the model's
-    block size, so the prompt plus ``max_new_tokens`` must fit in it.
+    block size, so the prompt plus ``max_new_tokens`` must fit in it (a ValueError otherwise, never a silent
+    cap). Sampling settings are checked by ``check_sampling``.
     """
     B, T = idx.shape
     block = model.config.block_size
+    check_sampling(temperature, top_k, top_p)
     if T == 0:
         raise ValueError("generate needs a prompt of at least one token")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if T + max_new_tokens > block:
         raise ValueError(
             f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's block_size {block}; "

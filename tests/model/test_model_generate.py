@@ -93,3 +93,47 @@ def test_eos_stops_generation(tiny_model) -> None:
     assert out.shape[1] == end  # stops as soon as every row has produced eos
     assert (out[0, 3:] == eos).all()  # a finished row keeps emitting eos
     torch.testing.assert_close(out[1], free[1, :end], rtol=0, atol=0)  # the other row is unaffected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(temperature=-1.0), "temperature -1.0 is out of range: use 0 for greedy decoding"),
+        (dict(temperature=float("nan")), "temperature nan is out of range"),
+        (dict(temperature=float("inf")), "temperature inf is out of range"),
+        (dict(top_k=0), "top_k 0 is out of range: it must be at least 1"),
+        (dict(top_k=-3), "top_k -3 is out of range"),
+        (dict(top_p=1.5), r"top_p 1.5 is outside \(0, 1\]"),
+        (dict(top_p=0.0), r"top_p 0.0 is outside \(0, 1\]"),
+        (dict(top_p=float("nan")), r"top_p nan is outside \(0, 1\]"),
+    ],
+)
+def test_out_of_range_sampling_settings_are_refused(tiny_model, kwargs, message) -> None:
+    """Settings that used to be reinterpreted silently (negative temperature: greedy; top_p 1.5: off)."""
+    model = tiny_model(positional="rope")
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        model.generate(prompt, 4, **kwargs)
+
+
+def test_max_new_tokens_beyond_the_block_size_is_an_error_not_a_cap(tiny_model) -> None:
+    model = tiny_model(positional="rope")  # block_size 16
+    prompt = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="exceeds the model's block_size 16; lower max_new_tokens to 12"):
+        model.generate(prompt, 13)
+    assert model.generate(prompt, 12, temperature=0.0).shape == (1, 16)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0, got -1"):
+        model.generate(prompt, -1)
+
+
+def test_edge_values_stay_valid(tiny_model) -> None:
+    """temperature 0 is greedy (seed-independent); top_p 1 keeps every token, like no top_p at all."""
+    model = tiny_model(positional="rope", init_std=0.2)
+    prompt = torch.randint(0, 32, (2, 3), generator=torch.Generator().manual_seed(4))
+    greedy = [
+        model.generate(prompt, 8, temperature=0.0, generator=torch.Generator().manual_seed(s)) for s in (0, 1)
+    ]
+    torch.testing.assert_close(greedy[0], greedy[1], rtol=0, atol=0)
+    full = model.generate(prompt, 8, top_p=1.0, generator=torch.Generator().manual_seed(5))
+    free = model.generate(prompt, 8, top_p=None, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(full, free, rtol=0, atol=0)
