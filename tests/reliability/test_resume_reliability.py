@@ -1,0 +1,96 @@
+"""Resume and divergence through the real CLI: the command line wins, a diverged model is never saved.
+
+Reproduces issue #11's cases 1 and 2: ``--ckpt_path <file>`` used to replace every ``--model.*`` override
+with the checkpoint's hyper-parameters (LightningCLI's ``_parse_ckpt_path``), so a 3-layer request trained
+2 layers and a new learning rate was dropped; and a NaN run with a checkpoint every step wrote an all-NaN
+``last.ckpt`` while saying the last checkpoint was intact.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+from test_cli import fit  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def two_layer_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    fit(run, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=4", "--checkpoint.every_n_train_steps=4")
+    return run
+
+
+@pytest.mark.parametrize("form", ["file", "last"])
+def test_architecture_change_on_resume_is_refused(two_layer_run: Path, tiny_dataset: Path, form: str) -> None:
+    ckpt = str(two_layer_run / "ckpt" / "last.ckpt") if form == "file" else "last"
+    proc = fit(
+        two_layer_run,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--model.config.n_layer=3",
+        "--trainer.max_steps=6",
+        f"--ckpt_path={ckpt}",
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "Cannot resume" in proc.stderr and "n_layer: checkpoint 2 vs config 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_changed_settings_are_honoured_and_said(two_layer_run: Path, tiny_dataset: Path, tmp_path) -> None:
+    run = tmp_path / "resumed"
+    run.mkdir()
+    (run / "ckpt").mkdir()
+    src = two_layer_run / "ckpt" / "last.ckpt"
+    (run / "ckpt" / "last.ckpt").write_bytes(src.read_bytes())
+    proc = fit(
+        run,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--model.optimizer.lr=1e-4",
+        "--model.on_nonfinite_loss=skip",
+        "--trainer.max_steps=6",
+        "--checkpoint.every_n_train_steps=6",
+        f"--ckpt_path={run / 'ckpt' / 'last.ckpt'}",
+    )
+    out = proc.stdout + proc.stderr
+    assert "Resuming with changed settings" in out
+    assert "optimizer.lr: 0.002 -> 0.0001" in out and "on_nonfinite_loss: 'stop' -> 'skip'" in out
+    # the newest checkpoint of the resumed run (Lightning names it last-v1.ckpt beside the copied last.ckpt)
+    newest = max((run / "ckpt").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpt = torch.load(newest, weights_only=True)
+    assert ckpt["global_step"] == 6
+    assert ckpt["hyper_parameters"]["optimizer"]["lr"] == 1e-4
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert all(g["initial_lr"] == 1e-4 for g in groups)
+    assert ckpt["lr_schedulers"][0]["base_lrs"] == [1e-4, 1e-4]
+
+
+def test_diverged_run_never_overwrites_the_last_good_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    fit(good, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=1")
+    last = good / "ckpt" / "last.ckpt"
+    proc = fit(
+        good,
+        tiny_dataset,
+        "quickstart.yaml",
+        "--model.optimizer.lr=1e6",
+        "--model.schedule.warmup_steps=0",
+        "--trainer.max_steps=12",
+        "--checkpoint.every_n_train_steps=1",
+        f"--ckpt_path={last}",
+        check=False,
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "non-finite" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    for path in (good / "ckpt").glob("*.ckpt"):  # every checkpoint written, before and after divergence
+        state = torch.load(path, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path

@@ -1,0 +1,107 @@
+"""Bad training input ends as one clear paragraph, before any training time is spent (issue #11, 3/9/11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_llm import cli
+from lightning_llm.module import LitGPT, NonFiniteLossError, OptimizerConfig, ScheduleConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fit_error(tmp_path: Path, data: Path, *args: str) -> str:
+    argv = [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        f"--data.path={data}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+        *args,
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    return str(exit_info.value.code)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(lr=-1e-3), "lr must be positive"),
+        (dict(lr=0.0), "lr must be positive"),
+        (dict(weight_decay=-0.1), "weight_decay must be >= 0"),
+        (dict(betas=(0.9, 1.5)), r"betas must be two numbers in \[0, 1\)"),
+        (dict(eps=0.0), "eps must be positive"),
+    ],
+)
+def test_optimizer_settings_are_checked(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        OptimizerConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(warmup_steps=-1), "warmup_steps must be >= 0"),
+        (dict(min_lr_ratio=1.5), r"min_lr_ratio must be in \[0, 1\]"),
+        (dict(decay_fraction=-0.2), r"decay_fraction must be in \[0, 1\]"),
+        (dict(max_steps=0), "max_steps must be >= 1"),
+    ],
+)
+def test_schedule_settings_are_checked(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        ScheduleConfig(**kwargs)
+
+
+def test_negative_lr_through_the_cli_is_one_paragraph(tmp_path, tiny_dataset) -> None:
+    msg = _fit_error(tmp_path, tiny_dataset, "--model.optimizer.lr=-1")
+    assert "lr must be positive" in msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_accelerator_without_a_gpu(tmp_path, tiny_dataset) -> None:
+    msg = _fit_error(tmp_path, tiny_dataset, "--trainer.accelerator=gpu")
+    assert "no CUDA GPU" in msg and "--trainer.accelerator cpu" in msg
+
+
+@pytest.mark.parametrize("url", ["https://example.com/last.ckpt", "s3://bucket/run/last.ckpt"])
+def test_url_ckpt_path_is_refused(tmp_path, tiny_dataset, url, monkeypatch) -> None:
+    monkeypatch.delenv(cli.REMOTE_CKPT_ENV, raising=False)
+    msg = _fit_error(tmp_path, tiny_dataset, f"--ckpt_path={url}")
+    assert "is a URL" in msg and "weights_only=False" in msg and cli.REMOTE_CKPT_ENV in msg
+
+
+def test_weights_only_false_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
+    monkeypatch.delenv(cli.REMOTE_CKPT_ENV, raising=False)
+    msg = _fit_error(tmp_path, tiny_dataset, "--weights_only=false")
+    assert "full pickle" in msg and cli.REMOTE_CKPT_ENV in msg
+    monkeypatch.setenv(cli.REMOTE_CKPT_ENV, "1")
+    cli.check_checkpoint_source("https://example.com/x.ckpt", False)  # the explicit opt-in
+
+
+def test_skip_policy_stops_when_the_model_does_not_recover() -> None:
+    """Three non-finite losses in a row end the run with what happened (was: exit 0 on a NaN model)."""
+    from lightning_llm.config import GPTConfig
+
+    lit = LitGPT(
+        GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16), on_nonfinite_loss="skip"
+    )
+    lit.configure_model()
+    lit.log = lambda *a, **k: None  # no trainer attached: logging is not what is tested here
+    nan_model = lit.model
+
+    class Nan(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.tensor(float("nan"))
+
+    lit.model = Nan()
+    batch = torch.randint(0, 64, (2, 9))
+    assert lit.training_step(batch, 0) is None and lit.training_step(batch, 1) is None
+    with pytest.raises(NonFiniteLossError, match="3 in a row"):
+        lit.training_step(batch, 2)
+    lit.model = nan_model
+    assert lit.skipped_steps == 3
