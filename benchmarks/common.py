@@ -1,8 +1,11 @@
 """Shared benchmark helpers: environment record, timing (median after warm-up), peak memory, output.
 
 Timing: ``time_fn`` runs a callable ``warmup`` times, then repeats it until ``max_repeats`` runs or
-``budget_s`` seconds, whichever comes first (at least ``min_repeats``), synchronising the device around
-every run, and reports the median (plus min and the number of runs).
+``budget_s`` seconds, whichever comes first (at least ``min_repeats``), and reports the median (plus min
+and the number of runs). On the CPU each run is timed with ``perf_counter``. On CUDA each run is timed
+with a pair of CUDA events recorded on the stream around it, with no host synchronisation between runs
+(one synchronised run first sizes the repeats to the budget; one synchronisation at the end reads the
+events): the time is the GPU's, launch gaps included, and the host can queue ahead as it does in training.
 
 Peak memory (``peak_memory``) is the *extra* memory a call needs on top of what was allocated before it:
 
@@ -71,9 +74,129 @@ def env_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     except ImportError:
         pass
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
+        info.update(cuda_info(device))
     return info
+
+
+def cuda_info(device: torch.device) -> dict[str, Any]:
+    """The GPU and its software stack: name, memory, SMs, capability, driver, CUDA runtime, cuDNN."""
+    props = torch.cuda.get_device_properties(device)
+    return {
+        "gpu": torch.cuda.get_device_name(device),
+        "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+        "gpu_sms": props.multi_processor_count,
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_count": torch.cuda.device_count(),
+        "driver": cuda_driver_version(device),
+        "cuda": torch.version.cuda,  # the runtime torch was built with
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def cuda_driver_version(device: torch.device | None = None) -> str | None:
+    """The NVIDIA driver version (e.g. "550.54.15"): nvidia-smi, else NVML, else the CUDA driver API's."""
+    import subprocess
+
+    index = torch.device(device).index if device is not None else None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        lines = [ln.strip() for ln in out.stdout.splitlines() if ln.strip()]
+        if out.returncode == 0 and lines:
+            return lines[min(index or 0, len(lines) - 1)]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # not installed, or no NVML library
+        pass
+    try:  # the highest CUDA version the driver supports, e.g. 12040 -> "CUDA 12.4 driver API"
+        libcuda = ctypes.CDLL("libcuda.so.1")
+        v = ctypes.c_int()
+        if libcuda.cuDriverGetVersion(ctypes.byref(v)) == 0:
+            return f"CUDA {v.value // 1000}.{v.value % 1000 // 10} driver API (release unknown)"
+    except OSError:
+        pass
+    return None
+
+
+def command_line(bench: str, argv: list[str] | None) -> str:
+    """The command that reproduces this run (``argv`` as given to ``main``; None: this process's)."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", f"benchmarks.{bench}", *args])
+
+
+def env_markdown(env: dict[str, Any]) -> str:
+    """One paragraph on where the numbers come from, for the head of a results table."""
+    if env.get("device") == "cuda":
+        hw = (
+            f"{env.get('gpu')} ({env.get('gpu_memory_gib')} GiB, {env.get('gpu_sms')} SMs, "
+            f"capability {env.get('gpu_capability')}), driver {env.get('driver')}, CUDA {env.get('cuda')}, "
+            f"cuDNN {env.get('cudnn')}; host {env.get('cpu')}, {env.get('cpu_cores')} cores"
+        )
+    else:
+        hw = f"{env.get('cpu')}, {env.get('cpu_cores')} cores ({env.get('torch_threads')} torch threads), no GPU used"
+    sw = f"torch {env.get('torch')}, lightning {env.get('lightning', '-')}, Python {env.get('python')}"
+    load = env.get("load_avg_1m_5m_15m")
+    load_s = "" if not load else f", load {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    return f"- device: {hw}\n- software: {sw}, {env.get('platform')}\n- date: {env.get('date')}{load_s}"
+
+
+def write_markdown(json_path: str | Path, title: str, payload: dict[str, Any], body: str) -> Path:
+    """``body`` (tables) under a header with the command line and the environment, next to the JSON."""
+    path = Path(json_path).with_suffix(".md")
+    head = f"## {title}\n\n```\n{payload.get('command', '')}\n```\n\n{env_markdown(payload['env'])}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{head}\n{body}\n")
+    return path
+
+
+PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_peak_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--peak",
+        default="auto",
+        choices=("auto", "table", "measure"),
+        help="MFU / %%-of-peak denominator (lightning_llm.perf.peak_flops): the vendor's dense peak from "
+        "Lightning's device table (table; auto where the GPU is in it) or a large matmul measured here "
+        "(measure; auto on CPUs and unknown GPUs)",
+    )
+
+
+def peak_table(device: torch.device, dtype_keys: list[str], mode: str) -> dict[str, dict[str, Any]]:
+    """``{dtype_key: {"flops", "source"}}`` from ``lightning_llm.perf.peak_flops``, printed once each."""
+    from lightning_llm.perf import peak_flops
+
+    out: dict[str, dict[str, Any]] = {}
+    for key in dict.fromkeys(dtype_keys):
+        peak = peak_flops(device, PEAK_DTYPES[key], mode)  # type: ignore[arg-type]
+        out[key] = {"flops": peak.flops, "source": peak.source}
+        print(f"peak {key}: {fmt_flops(peak.flops)} ({peak.source})", flush=True)
+    return out
+
+
+def fmt_flops(flops: float) -> str:
+    """FLOP/s in TFLOP/s, or GFLOP/s below 1 TFLOP/s (CPUs)."""
+    return f"{flops / 1e12:.4g} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.4g} GFLOP/s"
+
+
+def peak_header(peaks: dict[str, dict[str, Any]]) -> str:
+    """The peaks as a table-header note, e.g. "bf16 989.4 TFLOP/s (table: NVIDIA H100 ...)"."""
+    return "; ".join(f"{k} {fmt_flops(v['flops'])} ({v['source']})" for k, v in peaks.items())
 
 
 def sync(device: torch.device | str) -> None:
@@ -91,10 +214,12 @@ def time_fn(
     max_repeats: int = 20,
     budget_s: float = 2.0,
 ) -> dict[str, float]:
-    """Median wall time (seconds) of ``fn()`` after ``warmup`` calls; repeats capped by ``budget_s``."""
+    """Median time (seconds) of ``fn()`` after ``warmup`` calls; repeats capped by ``budget_s``."""
     for _ in range(warmup):
         fn()
     sync(device)
+    if torch.device(device).type == "cuda":
+        return _time_cuda(fn, min_repeats, max_repeats, budget_s)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_repeats:
@@ -104,6 +229,25 @@ def time_fn(
         times.append(time.perf_counter() - t0)
         if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
             break
+    return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
+
+
+def _time_cuda(
+    fn: Callable[[], Any], min_repeats: int, max_repeats: int, budget_s: float
+) -> dict[str, float]:
+    """CUDA-event times of back-to-back ``fn()`` calls; the host synchronises only before and after."""
+    t0 = time.perf_counter()
+    fn()  # one synchronised call sizes the run to the budget
+    torch.cuda.synchronize()
+    once = time.perf_counter() - t0
+    n = max(min_repeats, min(max_repeats, int(budget_s / max(once, 1e-9))))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    times = [start.elapsed_time(end) / 1e3 for start, end in events]
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": len(times)}
 
 
@@ -220,12 +364,28 @@ def bench_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     )
 
 
-def add_model_args(p: argparse.ArgumentParser, block_size: int, batch: int) -> None:
-    """The reference model's shape options (6 layers, 384 wide, 6 heads, vocab 50304) and the batch."""
+def add_model_args(p: argparse.ArgumentParser, block_size: int | None, batch: int | None) -> None:
+    """The reference model's shape options (6 layers, 384 wide, 6 heads, vocab 50304) and the batch.
+
+    ``block_size=None`` (and ``batch=None``) leave every model option unset (None) for the benchmark to
+    fill per device (``fill_defaults``).
+    """
+    per_device = block_size is None
+    note = " (default: per device)" if per_device else ""
     for flag, default in MODEL_ARGS:
-        p.add_argument(flag, type=int, default=default)
-    p.add_argument("--block-size", type=int, default=block_size, help="context length")
-    p.add_argument("--batch", type=int, default=batch)
+        p.add_argument(
+            flag, type=int, default=None if per_device else default, help=note.strip(" ()") or None
+        )
+    p.add_argument("--block-size", type=int, default=block_size, help="context length" + note)
+    p.add_argument("--batch", type=int, default=batch, help=note.strip(" ()") or None)
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Set every option of ``args`` that is None to its value in ``defaults``; returns those set."""
+    chosen = {k: v for k, v in defaults.items() if getattr(args, k, None) is None}
+    for k, v in chosen.items():
+        setattr(args, k, v)
+    return chosen
 
 
 def model_config(args: argparse.Namespace, **extra: Any) -> GPTConfig:

@@ -1,225 +1,116 @@
 """Training-step throughput (tokens/s) and MFU: ours vs a plain nanoGPT-style model, plain loop vs Lightning.
 
-Variants (all the same architecture, batch and data, measured side by side in one process):
+Variants (all the same architecture, batch and data):
 
 * ``nanogpt``: ``benchmarks/nanogpt.py``, its own loop, nanoGPT's optimizer setup, full-logits loss.
 * ``ours-ce``: our ``GPT`` in a plain loop with the plain head (``F.cross_entropy`` on the full logits).
 * ``ours``: our ``GPT`` in a plain loop (``GPT.forward``: chunked ``linear_cross_entropy``), fused AdamW.
 * ``lightning``: ``LitGPT`` in Lightning's ``Trainer`` (no logger, checkpointing or progress bar).
 
+Devices (``--device auto|cpu|cuda``, default auto: CUDA when there is one). Defaults are chosen per device
+(``device_defaults``, printed at the start; any option given wins):
+
+* CPU: the reference model (6 layers, 384 wide, 6 heads, block 256, vocab 50304), batch 8, precisions
+  32-true, bf16-mixed and bf16-true.
+* CUDA: GPT-2 124M (12 layers, 768 wide, 12 heads, block 1024, vocab 50304), batch 16, bf16-mixed; fp32
+  matmuls may use TF32 (``torch.set_float32_matmul_precision("high")``, as nanoGPT allows TF32).
+
 Each point runs in its own fresh process, ``--rounds`` times, alternating the points (``measure_isolated``
-says why). ``--malloc shipped`` (default) runs our variants with the host allocator ``lightning-llm fit``
-sets up (``lightning_llm/allocator.py``: freed memory kept for reuse) and nanoGPT with glibc's default;
-``--malloc system`` / ``cache`` give every variant the same allocator, to separate the two effects.
+says why). On the CPU ``--malloc shipped`` (default) runs our variants with the host allocator
+``lightning-llm fit`` sets up (``lightning_llm/allocator.py``: freed memory kept for reuse) and nanoGPT with
+glibc's default; ``--malloc system`` / ``cache`` give every variant the same allocator, to separate the two
+effects, and each worker records its page faults. On CUDA the step's tensors live in the CUDA caching
+allocator, so ``--malloc`` and the page-fault counts do not apply and are skipped (the output says so);
+the peak GPU memory of the timed steps is recorded instead. How steps are timed, per device, and what
+``--compile off|on|model`` compiles for each variant: ``benchmarks/train_step.py``.
 
 Precisions: ``32-true`` (fp32), ``bf16-mixed`` (fp32 weights, bf16 autocast), ``bf16-true`` (bf16 weights).
-``--compile`` adds ``torch.compile`` of each block (ours, Lightning) or of the whole model (nanoGPT).
-MFU is model FLOPs per token (``GPTConfig.flops_per_token``) x tokens/s over the peak matmul FLOP/s
-measured at the start of the run, in the same dtype (fp32 for 32-true, bf16 otherwise).
+MFU is model FLOPs per token (``GPTConfig.flops_per_token``) x tokens/s over the peak FLOP/s of
+``lightning_llm.perf.peak_flops`` in the same dtype (fp32 for 32-true, bf16 otherwise): ``--peak auto``
+takes the vendor's dense peak from Lightning's device table where the GPU is in it and measures a large
+matmul otherwise (CPUs); the value and its source are in the JSON and the table header.
 
     python -m benchmarks.train --out benchmarks/out/train.json
+    python -m benchmarks.train --device cuda --compile off,on,model --out benchmarks/out/train_cuda.json
     python -m benchmarks.train --profile ours-ce:bf16-mixed   # torch.profiler breakdown of one variant
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import (
     add_model_args,
+    add_peak_arg,
     bench_parser,
+    command_line,
     env_info,
+    fill_defaults,
     markdown_table,
     model_argv,
     model_config,
-    peak_memory,
-    time_fn,
+    peak_header,
+    peak_table,
+    resolve_device,
     write_json,
+    write_markdown,
 )
-from benchmarks.nanogpt import NanoConfig, NanoGPT
+from benchmarks.train_step import COMPILE_MODES, compile_desc, profile_variant, run_point
 from lightning_llm.config import GPTConfig
-from lightning_llm.model import GPT
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 VARIANTS = ("nanogpt", "ours-ce", "ours", "lightning")
 RESULT_TAG = "BENCH-RESULT "
-CATEGORIES = (  # profile breakdown: first matching substring of the aten op name wins
-    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
-    ("attention", ("flash_attention", "scaled_dot_product")),
-    (
-        "softmax / cross-entropy",
-        ("softmax", "nll_loss", "logsumexp", "exp", "cross_entropy", "gather", "scatter"),
-    ),
-    ("dtype copies", ("aten::copy_", "aten::_to_copy", "aten::to")),
-    ("zero fill", ("aten::fill_", "aten::zero_", "aten::zeros")),
-    ("optimizer", ("adam", "lerp", "addcdiv", "addcmul", "sqrt", "Optimizer")),
-    ("norm / gelu / elementwise", ("layer_norm", "gelu", "aten::add", "aten::mul", "aten::div", "aten::sub")),
+DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {  # the reference model, sized for a few CPU cores
+        "n_layer": 6,
+        "n_embd": 384,
+        "n_head": 6,
+        "vocab_size": 50304,
+        "block_size": 256,
+        "batch": 8,
+        "precisions": ",".join(PRECISIONS),
+        "steps": 8,
+        "warmup": 3,
+    },
+    "cuda": {  # GPT-2 124M as nanoGPT trains it (its batch 12 rounded to 16)
+        "n_layer": 12,
+        "n_embd": 768,
+        "n_head": 12,
+        "vocab_size": 50304,
+        "block_size": 1024,
+        "batch": 16,
+        "precisions": "bf16-mixed",
+        "steps": 40,
+        "warmup": 5,
+    },
+}
+CUDA_NOTE = (
+    "CUDA: --malloc and page-fault counts do not apply (the step's tensors live in the CUDA caching "
+    "allocator) and are skipped; each point still runs in a fresh process; peak GPU memory is recorded."
 )
 
 
-def measure_peak_flops(dtype: torch.dtype, n: int = 2048, budget_s: float = 3.0) -> float:
-    """FLOP/s of an (n x n) @ (n x n) matmul in ``dtype`` on the CPU: the MFU denominator."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    t = time_fn(lambda: a @ b, warmup=2, min_repeats=5, max_repeats=50, budget_s=budget_s)
-    return 2.0 * n**3 / t["min_s"]
+def device_defaults(device_type: str) -> dict[str, Any]:
+    """Model shape, batch, precisions, steps and warm-up for ``device_type`` (other devices: the CPU's)."""
+    return dict(DEVICE_DEFAULTS.get(device_type, DEVICE_DEFAULTS["cpu"]))
 
 
-def _autocast(precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16-mixed":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    params = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-
-
-def plain_step(
-    variant: str, config: GPTConfig, precision: str, compile_: bool
-) -> Callable[[torch.Tensor], float]:
-    """Model + optimizer + one-step closure for the plain-loop variants."""
-    torch.manual_seed(0)
-    if variant == "nanogpt":
-        c = config
-        model: torch.nn.Module = NanoGPT(
-            NanoConfig(c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd, c.bias)
-        )
-        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cpu")  # type: ignore[operator]
-        if compile_:
-            model = torch.compile(model)  # type: ignore[assignment]
-    else:
-        model = GPT(config, dtype=torch.bfloat16 if precision == "bf16-true" else torch.float32)
-        if compile_:
-            from lightning_llm.parallel import apply_compile
-
-            apply_compile(model)  # type: ignore[arg-type]
-    if precision == "bf16-true":
-        model.to(torch.bfloat16)
-    if variant != "nanogpt":
-        opt = torch.optim.AdamW(_decay_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
-
-    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if variant == "ours-ce":  # the reference head: full logits, fp32 log-softmax
-            logits = model.lm_head(model.hidden_states(x))  # type: ignore[operator]
-            return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        return model(x, y)
-
-    def step(batch: torch.Tensor) -> float:
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # as nanoGPT's get_batch
-        with _autocast(precision):
-            loss = loss_fn(x, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return float(loss.detach())
-
-    return step
-
-
-def lightning_run(
-    config: GPTConfig, precision: str, compile_: bool, batch: torch.Tensor, steps: int, warmup: int
-) -> dict[str, Any]:
-    """``LitGPT`` in a ``Trainer``: the step time is the interval between consecutive batch starts."""
-    import lightning as L
-
-    from lightning_llm.module import LitGPT, ScheduleConfig
-
-    class Clock(L.Callback):
-        def __init__(self) -> None:
-            self.starts: list[float] = []
-            self.last_loss = float("nan")
-
-        def on_train_batch_start(self, *args: Any) -> None:
-            self.starts.append(time.perf_counter())
-
-        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, *args: Any) -> None:
-            if outputs is not None and self.last_loss != self.last_loss:  # first step's loss (NaN until set)
-                self.last_loss = float(outputs["loss"])
-
-        def on_train_end(self, *args: Any) -> None:
-            self.starts.append(time.perf_counter())
-
-    class Repeat(torch.utils.data.IterableDataset):
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            while True:
-                yield batch
-
-    torch.manual_seed(0)
-    clock = Clock()
-    total = warmup + steps
-    lit = LitGPT(config, schedule=ScheduleConfig(warmup_steps=10, max_steps=1000), compile=compile_)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=precision,
-        max_steps=total,
-        logger=False,  # type: ignore[arg-type]
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[clock],
-    )
-    loader = torch.utils.data.DataLoader(Repeat(), batch_size=None)
-    trainer.fit(lit, train_dataloaders=loader)
-    deltas = [b - a for a, b in zip(clock.starts, clock.starts[1:], strict=False)]
-    return {"first_step_s": deltas[0], "times_s": deltas[warmup:], "loss": clock.last_loss}
-
-
-def run_point(
-    variant: str,
-    precision: str,
-    compile_: bool,
-    config: GPTConfig,
-    batch: torch.Tensor,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """One grid point in this process: first step (compile happens there), warm-up, timed steps."""
-    if variant == "lightning":
-        return lightning_run(config, precision, compile_, batch, args.steps, args.warmup)
-    step = plain_step(variant, config, precision, compile_)
-    t0 = time.perf_counter()
-    loss = step(batch)
-    first = time.perf_counter() - t0
-    for _ in range(max(args.warmup - 1, 0)):
-        step(batch)
-    import resource  # POSIX only, like the allocator this reports on
-
-    times = []
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(args.steps):
-        t0 = time.perf_counter()
-        step(batch)
-        times.append(time.perf_counter() - t0)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    mem = peak_memory(lambda: step(batch)) if args.memory and args.malloc_mode == "system" else None
-    return {
-        "first_step_s": first,
-        "times_s": times,
-        "loss": loss,
-        "step_mem_bytes": mem,
-        # where the allocator's cost shows: minor page faults and kernel time, per timed step
-        "page_faults_per_step": (after.ru_minflt - before.ru_minflt) / len(times),
-        "sys_s_per_step": (after.ru_stime - before.ru_stime) / len(times),
-    }
+def resolve_args(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Fill the options left unset with ``device``'s defaults; returns (and prints) what was filled."""
+    chosen = fill_defaults(args, device_defaults(device.type))
+    if chosen and not args.worker:
+        print(f"defaults for {device.type}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()), flush=True)
+    return chosen
 
 
 def malloc_mode(variant: str, policy: str) -> str:
@@ -230,41 +121,59 @@ def malloc_mode(variant: str, policy: str) -> str:
     return policy
 
 
-def measure_isolated(
-    points: list[tuple[str, str, bool]], args: argparse.Namespace
-) -> dict[tuple[str, str, bool], dict[str, Any]]:
+Point = tuple[str, str, str]  # (variant, precision, compile mode)
+
+
+def grid(args: argparse.Namespace) -> list[Point]:
+    """The grid points of ``args``: compile modes x precisions x variants."""
+    modes = [c.strip() for c in args.compile.split(",")]
+    bad = [m for m in modes if m not in COMPILE_MODES]
+    if bad:
+        raise ValueError(f"--compile takes {COMPILE_MODES} (comma-separated); got {bad}")
+    return [
+        (variant, precision, mode)
+        for mode in modes
+        for precision in args.precisions.split(",")
+        for variant in filter(None, args.variants.split(","))
+        if not (variant == "nanogpt" and precision == "bf16-true")  # nanoGPT: fp32 or autocast only
+        and not (variant == "nanogpt" and mode == "model" and "on" in modes)  # the same as its "on"
+    ]
+
+
+def measure_isolated(points: list[Point], args: argparse.Namespace) -> dict[Point, dict[str, Any]]:
     """Every point in its own fresh process, ``--rounds`` times, alternating the points.
 
     A fresh process per point: variants sharing one process leave each other a heap state that
-    changes their speed, and not evenly (measured once: nanoGPT's step 2.0 s alone in a process,
+    changes their speed, and not evenly (measured once on a CPU: nanoGPT's step 2.0 s alone in a process,
     2.6-3.1 s alternated with ours in one). Alternating rounds: load from elsewhere hits all points alike.
     """
-    merged: dict[tuple[str, str, bool], dict[str, Any]] = {}
+    merged: dict[Point, dict[str, Any]] = {}
     for _ in range(args.rounds):
         for point in points:
-            variant, precision, compile_ = point
-            res = _spawn_worker(f"{variant}:{precision}:{'on' if compile_ else 'off'}", args)
+            res = _spawn_worker(":".join(point), args)
             if point in merged:
                 merged[point]["times_s"] += res["times_s"]
+                if res.get("peak_mem_bytes") is not None:
+                    merged[point]["peak_mem_bytes"] = max(
+                        merged[point]["peak_mem_bytes"], res["peak_mem_bytes"]
+                    )
             else:
                 merged[point] = res
-    for res in merged.values():
-        res.update(
-            median_s=statistics.median(res["times_s"]), min_s=min(res["times_s"]), repeats=len(res["times_s"])
-        )
     return merged
 
 
 def _spawn_worker(spec: str, args: argparse.Namespace, extra: list[str] | None = None) -> dict[str, Any]:
-    """Run ``spec`` (variant:precision:on|off) in a fresh Python process; return its JSON result."""
+    """Run ``spec`` (variant:precision:off|on|model) in a fresh Python process; return its JSON result."""
     root = Path(__file__).resolve().parent.parent
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.train",
         *model_argv(args),
-        f"--steps={max(1, -(-args.steps // args.rounds))}",
+        f"--device={args.device}",
+        f"--steps={max(1, -(-args.steps // max(args.rounds, 1)))}",
         f"--warmup={args.warmup}",
+        f"--compile-backend={args.compile_backend}",
         *(["--memory"] if args.memory else []),
         f"--malloc={malloc_mode(spec.split(':')[0], args.malloc)}",
         f"--worker={spec}",
@@ -280,54 +189,53 @@ def _spawn_worker(spec: str, args: argparse.Namespace, extra: list[str] | None =
     return json.loads(lines[-1][len(RESULT_TAG) :])
 
 
-def _worker(args: argparse.Namespace, config: GPTConfig, batch: torch.Tensor) -> None:
-    """The body of a worker process: one grid point (or one profile), printed as a tagged JSON line."""
+def _set_allocator(policy: str, device: torch.device) -> str:
+    """Configure the host allocator on CPU; on CUDA leave it alone (``-``: not applicable)."""
+    if device.type == "cuda":
+        return "-"
     from lightning_llm.allocator import configure_allocator
 
+    return configure_allocator(policy)
+
+
+def _worker(args: argparse.Namespace, config: GPTConfig, batch: torch.Tensor, device: torch.device) -> None:
+    """The body of a worker process: one grid point (or one profile), printed as a tagged JSON line."""
     variant, precision, comp = args.worker.split(":")
-    args.malloc_mode = configure_allocator(args.malloc)
+    args.malloc_mode = _set_allocator(args.malloc, device)
     if args.worker_profile:
-        res = profile_variant(f"{variant}:{precision}", config, batch)
+        res = profile_variant(f"{variant}:{precision}", config, batch, device)
     else:
-        res = run_point(variant, precision, comp == "on", config, batch, args)
+        res = run_point(variant, precision, comp, config, batch, args, device)
     res["malloc"] = args.malloc_mode
     print(RESULT_TAG + json.dumps(res), flush=True)
 
 
-def profile_variant(spec: str, config: GPTConfig, batch: torch.Tensor, steps: int = 2) -> dict[str, Any]:
-    """torch.profiler self-CPU time per category (and the top ops) for ``variant:precision``."""
-    from torch.profiler import ProfilerActivity, profile
-
-    variant, precision = spec.split(":")
-    step = plain_step(variant, config, precision, False)
-    for _ in range(2):
-        step(batch)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            step(batch)
-    events = [e for e in prof.key_averages() if e.key.startswith(("aten::", "Optimizer"))]
-    total = sum(e.self_cpu_time_total for e in events)
-    cats: dict[str, float] = {}
-    for e in events:
-        cat = next((c for c, keys in CATEGORIES if any(k in e.key for k in keys)), "other")
-        cats[cat] = cats.get(cat, 0.0) + e.self_cpu_time_total
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
-    return {
-        "spec": spec,
-        "ms_per_step": total / 1e3 / steps,
-        "share": {k: round(v / total, 3) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
-        "top_ops_ms_per_step": {e.key: round(e.self_cpu_time_total / 1e3 / steps, 1) for e in top},
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = bench_parser("train", __doc__)
-    add_model_args(p, block_size=256, batch=8)
+    add_model_args(p, block_size=None, batch=None)  # per device: see device_defaults
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
-    p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, from {PRECISIONS}")
-    p.add_argument("--compile", default="off", help="off, on or off,on (grid)")
     p.add_argument(
-        "--steps", type=int, default=8, help="timed steps per point, over all rounds (median reported)"
+        "--precisions",
+        default=None,
+        help=f"comma-separated, from {PRECISIONS} (default: all on CPU, bf16-mixed on CUDA)",
+    )
+    p.add_argument(
+        "--compile",
+        default="off",
+        help="off, on (as shipped: nanoGPT whole model, ours per block), model (whole model for all), "
+        "or a comma-separated grid, e.g. off,on,model",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (inductor: as shipped; eager / aot_eager: quick tracing checks)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per point, over all rounds (median reported; default 8 CPU, 40 CUDA)",
     )
     p.add_argument(
         "--rounds",
@@ -339,86 +247,104 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--malloc",
         default="shipped",
         choices=("shipped", "system", "cache"),
-        help="host allocator: shipped = cache for our variants (as lightning-llm fit), glibc default for "
-        "nanoGPT; system / cache = the same for all (memory is measured under system only)",
+        help="CPU host allocator: shipped = cache for our variants (as lightning-llm fit), glibc default for "
+        "nanoGPT; system / cache = the same for all (memory is measured under system only); unused on CUDA",
     )
+    add_peak_arg(p)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     p.add_argument("--worker-profile", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
-    p.add_argument("--memory", action="store_true", help="also measure the peak extra RSS of one step")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed steps first (compile happens here; default 3 CPU, 5 CUDA)",
+    )
+    p.add_argument("--memory", action="store_true", help="CPU: also measure the peak extra RSS of one step")
     p.add_argument(
         "--profile",
         default="",
         help="comma-separated variant:precision to profile (any variant but lightning)",
     )
     p.add_argument("--profile-only", action="store_true", help="skip the timing grid")
-    p.add_argument("--out", default="benchmarks/out/train.json")
+    p.add_argument(
+        "--out", default="benchmarks/out/train.json", help="JSON output; the markdown table goes next to it"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the training-step grid, write JSON and print a markdown table."""
+    """Run the training-step grid, write JSON and markdown, print the table."""
     args = parse_args(argv)
+    device = resolve_device(args.device)
+    args.device = str(device)
+    defaults = resolve_args(args, device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for 32-true, as nanoGPT; the peak then is TF32's
     config = model_config(args)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, config.vocab_size, (args.batch, config.block_size + 1), generator=g)
     if args.worker:
-        return _worker(args, config, batch)
+        return _worker(args, config, batch, device)
+    cuda = device.type == "cuda"
+    if cuda:
+        print(CUDA_NOTE, flush=True)
     tokens = args.batch * config.block_size
     fpt = config.flops_per_token(config.block_size)
     payload: dict[str, Any] = {
-        "env": env_info("cpu"),
+        "command": command_line("train", argv),
+        "env": env_info(device),
         "args": vars(args),
+        "defaults_chosen": {"device_type": device.type, **defaults},
         "config": config.to_dict(),
         "tokens_per_step": tokens,
         "flops_per_token": fpt,
         "results": [],
         "profiles": [],
     }
+    if cuda:
+        payload["note"] = CUDA_NOTE
     if not args.profile_only:
-        peak = {"fp32": measure_peak_flops(torch.float32), "bf16": measure_peak_flops(torch.bfloat16)}
-        payload["peak_matmul_flops"] = peak
-        print(
-            f"peak matmul: fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s",
-            flush=True,
-        )
-        points = [
-            (variant, precision, compile_)
-            for compile_ in [c.strip() == "on" for c in args.compile.split(",")]
-            for precision in args.precisions.split(",")
-            for variant in filter(None, args.variants.split(","))
-            if not (variant == "nanogpt" and precision == "bf16-true")  # nanoGPT: fp32 or autocast only
-        ]
+        points = grid(args)
+        dkeys = ["fp32" if p == "32-true" else "bf16" for _, p, _ in points]
+        peaks = peak_table(device, dkeys, args.peak)
+        if cuda:
+            torch.cuda.empty_cache()  # a measured peak's matrices: give them back before the workers run
+        payload["peak"] = {"mode": args.peak, **peaks}
         if args.rounds > 0:
             measured = measure_isolated(points, args)
         else:  # in this process, one point after the other (quick checks; see measure_isolated)
-            from lightning_llm.allocator import configure_allocator
-
-            if args.malloc == "shipped":
+            if args.malloc == "shipped" and not cuda:
                 print("--rounds 0: one process, so one allocator for every variant: system", flush=True)
-            args.malloc_mode = configure_allocator("system" if args.malloc == "shipped" else args.malloc)
-            measured = {p: run_point(*p, config, batch, args) for p in points}
+            args.malloc_mode = _set_allocator("system" if args.malloc == "shipped" else args.malloc, device)
+            measured = {p: run_point(*p, config, batch, args, device) for p in points}
             for res in measured.values():
-                res.update(
-                    median_s=statistics.median(res["times_s"]),
-                    min_s=min(res["times_s"]),
-                    malloc=args.malloc_mode,
-                )
-        for (variant, precision, compile_), res in measured.items():
-            tps = tokens / res["median_s"]
-            dkey = "fp32" if precision == "32-true" else "bf16"
+                res["malloc"] = args.malloc_mode
+        for (variant, precision, comp), res in measured.items():
+            median = statistics.median(res["times_s"])
+            tps = tokens / median
+            peak = peaks["fp32" if precision == "32-true" else "bf16"]
             row = {
                 "variant": variant,
                 "precision": precision,
-                "compile": compile_,
+                "compile": comp,
+                "compiled": compile_desc(variant, comp),
                 **res,
+                "median_s": median,
+                "min_s": min(res["times_s"]),
+                "repeats": len(res["times_s"]),
                 "tokens_per_s": tps,
-                "mfu": fpt * tps / peak[dkey],
+                "mfu": fpt * tps / peak["flops"],
+                "peak_flops": peak["flops"],
             }
             payload["results"].append(row)
+            mem = (
+                f"peak {row['peak_mem_bytes'] / 2**30:.1f} GiB"
+                if cuda
+                else f"malloc {res.get('malloc', '-')}"
+            )
             print(
-                f"  {variant:>9} {precision:>10} compile={compile_!s:<5} {res['median_s'] * 1e3:8.0f} ms"
-                f"  {tps:7.0f} tok/s  MFU {row['mfu']:.1%}  loss {res['loss']:.3f}  malloc {res.get('malloc', '-')}",
+                f"  {variant:>9} {precision:>10} compile={comp:<5} {median * 1e3:8.1f} ms"
+                f"  {tps:8.0f} tok/s  MFU {row['mfu']:.1%}  loss {res['loss']:.3f}  {mem}",
                 flush=True,
             )
         payload["ratios"] = ratios(payload["results"])
@@ -426,64 +352,87 @@ def main(argv: list[str] | None = None) -> None:
         if args.rounds > 0:  # in a fresh process, with the allocator the variant is timed with
             prof = _spawn_worker(f"{spec}:off", args, extra=["--worker-profile"])
         else:
-            prof = profile_variant(spec, config, batch)
+            prof = profile_variant(spec, config, batch, device)
         payload["profiles"].append(prof)
-        print(f"profile {spec}: {prof['ms_per_step']:.0f} ms/step (profiled)", prof["share"])
+        print(f"profile {spec}: {prof['ms_per_step']:.1f} ms/step (profiled)", prof["share"])
     out = write_json(args.out, payload)
-    print(table(payload))
+    body = table(payload) if payload["results"] else "(no timing grid: --profile-only)"
     if payload.get("ratios"):
-        print("\nratios:", payload["ratios"])
-    print(f"wrote {out}")
+        body += "\n\nRatios (tokens/s, same run):\n\n" + "\n".join(
+            f"- {k}: {v}" for k, v in payload["ratios"].items()
+        )
+    md = write_markdown(out, "Training step", payload, body)
+    print(body)
+    print(f"wrote {out} and {md}")
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, float]:
-    """Side-by-side throughput ratios (same run): ours / nanoGPT and Lightning / plain loop."""
+    """Side-by-side throughput ratios (same run): ours / nanoGPT and Lightning / plain loop.
+
+    Against nanoGPT in bf16-mixed, eager vs eager and compiled vs compiled (nanoGPT compiled is always its
+    whole model), and every eager variant against nanoGPT compiled.
+    """
     by = {(r["variant"], r["precision"], r["compile"]): r["tokens_per_s"] for r in results}
+    nano_eager = by.get(("nanogpt", "bf16-mixed", "off"))
+    nano_comp = by.get(("nanogpt", "bf16-mixed", "on")) or by.get(("nanogpt", "bf16-mixed", "model"))
     out = {}
     for (variant, precision, comp), tps in by.items():
-        tag = f"{precision}{' compiled' if comp else ''}"
-        nano = by.get(("nanogpt", "bf16-mixed", comp))
-        if nano and variant in ("ours", "ours-ce", "lightning"):
-            out[f"{variant} {tag} / nanogpt bf16-mixed"] = round(tps / nano, 2)
+        if variant == "nanogpt":
+            continue
+        tag = f"{variant} {precision} compile={comp} ({compile_desc(variant, comp)})"
+        if comp == "off" and nano_eager:
+            out[f"{tag} / nanogpt bf16-mixed eager"] = round(tps / nano_eager, 2)
+        if nano_comp:
+            out[f"{tag} / nanogpt bf16-mixed compiled (whole model)"] = round(tps / nano_comp, 2)
         plain = by.get(("ours", precision, comp))
         if plain and variant == "lightning":
-            out[f"lightning / ours plain loop, {tag}"] = round(tps / plain, 3)
+            out[f"lightning / ours plain loop, {precision} compile={comp}"] = round(tps / plain, 3)
     return out
 
 
+def _f(value: float | None, fmt: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value * scale, fmt)
+
+
 def table(payload: dict[str, Any]) -> str:
-    rows = [
-        [
+    """The results as markdown, headed by the peak FLOP/s the MFU column divides by (value and source)."""
+    cuda = payload["env"].get("device") == "cuda"
+    headers = ["variant", "precision", "compile", "step (ms)", "tokens/s", "MFU"]
+    headers += ["peak mem (GiB)"] if cuda else []
+    headers += ["first step (s)", "first loss"]
+    headers += [] if cuda else ["malloc", "page faults/step", "sys s/step"]
+    rows = []
+    for r in payload["results"]:
+        row = [
             r["variant"],
             r["precision"],
-            "yes" if r["compile"] else "no",
-            f"{r['median_s'] * 1e3:.0f}",
+            r.get("compiled", r["compile"]),
+            f"{r['median_s'] * 1e3:.1f}" if cuda else f"{r['median_s'] * 1e3:.0f}",
             f"{r['tokens_per_s']:.0f}",
             f"{r['mfu']:.1%}",
-            f"{r['first_step_s']:.1f}",
-            f"{r['loss']:.3f}",
-            r.get("malloc", "-"),
-            "-" if r.get("page_faults_per_step") is None else f"{r['page_faults_per_step'] / 1e3:.0f}k",
-            "-" if r.get("sys_s_per_step") is None else f"{r['sys_s_per_step']:.2f}",
         ]
-        for r in payload["results"]
-    ]
-    return markdown_table(
-        [
-            "variant",
-            "precision",
-            "compile",
-            "step (ms)",
-            "tokens/s",
-            "MFU",
-            "first step (s)",
-            "first loss",
-            "malloc",
-            "page faults/step",
-            "sys s/step",
-        ],
-        rows,
+        row += [_f(r.get("peak_mem_bytes"), ".2f", 1 / 2**30)] if cuda else []
+        row += [f"{r['first_step_s']:.1f}", f"{r['loss']:.3f}"]
+        if not cuda:
+            row += [
+                r.get("malloc", "-"),
+                _f(r.get("page_faults_per_step"), ".0f", 1e-3)
+                + ("k" if r.get("page_faults_per_step") is not None else ""),
+                _f(r.get("sys_s_per_step"), ".2f"),
+            ]
+        rows.append(row)
+    peak = payload.get("peak", {})
+    cfg = payload["config"]
+    note = (
+        f"- {cfg['n_layer']} layers, {cfg['n_embd']} wide, {cfg['n_head']} heads, block {cfg['block_size']}, "
+        f"vocab {cfg['vocab_size']}, batch {payload['args']['batch']} ({payload['tokens_per_step']} tokens/step); "
+        f"median of {payload['results'][0]['repeats']} timed steps ({payload['results'][0].get('timing', '-')})\n"
+        f"- MFU = {payload['flops_per_token']:.4g} FLOPs/token x tokens/s / peak ({peak.get('mode', '-')}: "
+        f"{peak_header({k: v for k, v in peak.items() if k != 'mode'})}).\n"
     )
+    if payload.get("note"):
+        note += f"- {payload['note']}\n"
+    return note + "\n" + markdown_table(headers, rows)
 
 
 if __name__ == "__main__":
