@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_llm.perf import PeakMode, peak_flops
+from lightning_llm.perf import PeakMode, format_flops, peak_flops
 from lightning_llm.precision import training_dtype
 
 
@@ -47,7 +47,7 @@ class SpeedMonitor(L.Callback):
             dtype = training_dtype(str(trainer.precision))
             found = peak_flops(trainer.strategy.root_device, dtype, self.peak)
             self.peak_flops, self.peak_source = found.flops, found.source
-        rank_zero_info(f"MFU peak: {self.peak_flops / 1e12:.1f} TFLOP/s per device ({self.peak_source})")
+        rank_zero_info(f"MFU peak: {format_flops(self.peak_flops)} per device ({self.peak_source})")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:

@@ -34,7 +34,12 @@ class Peak:
     """How it was obtained, e.g. "table: NVIDIA H100 80GB HBM3" or "measured: 8192^3 bfloat16 matmul"."""
 
     def describe(self) -> str:
-        return f"{self.flops / 1e12:.1f} TFLOP/s ({self.source})"
+        return f"{format_flops(self.flops)} ({self.source})"
+
+
+def format_flops(flops: float) -> str:
+    """``989.4 TFLOP/s`` on a GPU, ``64.8 GFLOP/s`` on a CPU."""
+    return f"{flops / 1e12:.1f} TFLOP/s" if flops >= 1e12 else f"{flops / 1e9:.1f} GFLOP/s"
 
 
 def _cpu_size(dtype: torch.dtype, largest: int) -> int:
