@@ -7,6 +7,7 @@ is atomic on POSIX file systems: readers see either the old file or the complete
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:  # Ctrl-C or an error mid-write: the old file stays, the partial one goes
+        except BaseException as err:  # Ctrl-C or an error mid-write: the old file stays, the partial one goes
             tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CheckpointWriteError(
+                    f"No space left on the device of {path.parent} while writing {path.name} (a checkpoint of "
+                    f"about {checkpoint_bytes(checkpoint) / 2**20:,.0f} MiB); the previous checkpoint there is "
+                    "intact. Free some space or point --checkpoint.dirpath at another disk, then resume with "
+                    "--ckpt_path last."
+                ) from err
             raise
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (the previous one is intact)."""
+
+
+def checkpoint_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) checkpoint dict: about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(checkpoint_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(checkpoint_bytes(v) for v in obj)
+    return 0
+
+
+def check_writable(directory: str | Path, what: str) -> None:
+    """Create ``directory`` if needed and write a probe file in it, before any training time is spent."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise CheckpointWriteError(f"{what} {directory} is a file, not a directory; choose a directory.")
+    probe = directory / ".lightning-llm-write-test"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise CheckpointWriteError(
+            f"{what} {directory} is not writable ({err.strerror or err}); choose a directory this user can "
+            "write to."
+        ) from err

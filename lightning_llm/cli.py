@@ -138,6 +138,13 @@ def _lightning_cli(argv: list[str]) -> None:
             check_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
             check_device(str(cfg.trainer.accelerator))
             check_checkpoint_source(cfg.get("ckpt_path"), cfg.get("weights_only"))
+            if self.subcommand == "fit":
+                from lightning_llm.checkpointing import check_writable
+
+                root = cfg.trainer.default_root_dir or "."
+                check_writable(root, "--trainer.default_root_dir")
+                if cfg.checkpoint.dirpath:
+                    check_writable(cfg.checkpoint.dirpath, "--checkpoint.dirpath")
             if _on_cpu(str(cfg.trainer.accelerator)):
                 from lightning_llm.precision import cpu_precision
 

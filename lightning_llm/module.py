@@ -205,10 +205,33 @@ class LitGPT(L.LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
+        self._check_disk_space()
         if self.on_nonfinite_loss == "skip" and self.device.type != "cpu":
             rank_zero_info(
                 "on_nonfinite_loss=skip reads every step's loss on the host (one synchronisation per step); "
                 "'stop' checks at logging intervals and before each save instead."
+            )
+
+    def _check_disk_space(self) -> None:
+        """Refuse to start when the checkpoint directory cannot hold one checkpoint (weights and AdamW's two
+        moments in fp32, the bulk of the file), rather than failing at the first save."""
+        import shutil
+        from pathlib import Path
+
+        callback = self.trainer.checkpoint_callback
+        dirpath = getattr(callback, "dirpath", None)
+        if not dirpath or not self.trainer.is_global_zero:
+            return
+        existing = next((p for p in [Path(dirpath), *Path(dirpath).parents] if p.exists()), None)
+        if existing is None:
+            return
+        need = 12 * sum(p.numel() for p in self.parameters())  # fp32 weights + exp_avg + exp_avg_sq
+        free = shutil.disk_usage(existing).free
+        if free < need:
+            raise ValueError(
+                f"The checkpoint directory {dirpath} has {free / 2**20:,.0f} MiB free but one checkpoint of this "
+                f"model needs about {need / 2**20:,.0f} MiB. Free some space or point --checkpoint.dirpath at "
+                "another disk."
             )
 
     def on_train_end(self) -> None:

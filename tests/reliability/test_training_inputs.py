@@ -20,6 +20,7 @@ def _fit_error(tmp_path: Path, data: Path, *args: str) -> str:
         str(ROOT / "configs" / "quickstart.yaml"),
         f"--data.path={data}",
         f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
         "--trainer.enable_progress_bar=false",
         *args,
     ]
@@ -105,3 +106,51 @@ def test_skip_policy_stops_when_the_model_does_not_recover() -> None:
         lit.training_step(batch, 2)
     lit.model = nan_model
     assert lit.skipped_steps == 3
+
+
+def test_unwritable_output_locations_fail_before_training(tmp_path, tiny_dataset) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    msg = _fit_error(tmp_path, tiny_dataset, f"--trainer.default_root_dir={a_file}")
+    assert "--trainer.default_root_dir" in msg and "is a file" in msg
+    msg = _fit_error(tmp_path, tiny_dataset, f"--checkpoint.dirpath={a_file / 'sub'}")
+    assert "--checkpoint.dirpath" in msg and "not writable" in msg
+
+
+def test_disk_full_during_a_save_is_explained_and_keeps_the_old_checkpoint(tmp_path, monkeypatch) -> None:
+    import errno
+
+    from lightning_llm import checkpointing
+
+    io = checkpointing.AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"w": torch.ones(3)}, target)
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full)
+    with pytest.raises(checkpointing.CheckpointWriteError, match="No space left on the device") as err:
+        io.save_checkpoint({"w": torch.zeros(1024)}, target)
+    assert "previous checkpoint there is intact" in str(err.value) and "MiB" in str(err.value)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["w"].tolist() == [1.0, 1.0, 1.0]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_too_little_disk_for_one_checkpoint_is_refused_at_start(tmp_path, monkeypatch) -> None:
+    import shutil
+    from types import SimpleNamespace
+
+    from lightning_llm.config import GPTConfig
+
+    lit = LitGPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    lit.configure_model()
+    lit.trainer = SimpleNamespace(
+        checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path / "ckpt")), is_global_zero=True
+    )
+    lit._check_disk_space()  # plenty of space here
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=1024))
+    with pytest.raises(ValueError, match="has 0 MiB free but one checkpoint of this model needs"):
+        lit._check_disk_space()
