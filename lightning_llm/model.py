@@ -152,6 +152,12 @@ def check_compatible(
     if not problems:
         return
     name = config.attention.name  # type: ignore[union-attr]
+    unavailable = kernel.unavailable_reason(device_type)
+    if unavailable:  # the kernel can't run here at all: its own reason says why and what can
+        raise IncompatibleComponentsError(
+            f"Attention kernel '{name}' cannot run on {device_type} here: {unavailable}. "
+            "Set model.config.attention to a kernel that runs here (lightning-llm plugins lists them)."
+        )
     working = [n for n in ATTENTION.names() if n != name and not ATTENTION.build(n).unsupported(req)]
     why = []
     if req.bias:

@@ -408,9 +408,16 @@ class LitGPT(L.LightningModule):
         diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
+            hint = (
+                " vocab_size follows the dataset's tokenizer (padded to a multiple of 64): resume on the "
+                "dataset the checkpoint was trained on (--data.path)."
+                if "vocab_size" in diff
+                else ""
+            )
             raise ValueError(
                 f"Cannot resume: the checkpoint was trained with a different model config ({lines}). "
                 "Resume with the config the run was started with, or start a new run without --ckpt_path."
+                + hint
             )
         self._apply_changed_settings(checkpoint)
 
