@@ -28,7 +28,8 @@ install-dev: $(VENV)/.dev
 
 quickstart: $(VENV)/.core
 	$(CLI) prepare --config configs/data/classics.yaml
-	$(CLI) fit --config configs/quickstart.yaml
+	@# a second `make quickstart` resumes the finished run instead of refusing to write over it
+	$(CLI) fit --config configs/quickstart.yaml $$([ -f runs/quickstart/checkpoints/last.ckpt ] && echo --ckpt_path last)
 	$(CLI) generate --ckpt_path runs/quickstart/checkpoints/last.ckpt --prompt "$(PROMPT)" --max_new_tokens 200 --seed 1337
 
 test: $(VENV)/.dev

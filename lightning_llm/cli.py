@@ -84,6 +84,32 @@ def check_checkpoint_source(ckpt_path: object, weights_only: object) -> None:
         )
 
 
+def _place_outputs(cfg: Any, subcommand: str | None) -> None:
+    """Every output of a run under one directory, ``trainer.default_root_dir``, unless a path is given:
+    checkpoints in ``<root>/checkpoints``, metrics.csv, config.yaml and loss.png in ``<root>``. A new fit
+    never writes into a directory that holds another run's checkpoints unless it resumes that run."""
+    root = Path(cfg.trainer.default_root_dir or ".")
+    logger = cfg.trainer.get("logger")
+    init = logger.get("init_args") if hasattr(logger, "get") else None
+    if (
+        init is not None
+        and str(logger.get("class_path", "")).endswith("CSVLogger")
+        and not init.get("save_dir")
+    ):
+        init.save_dir = str(root)
+    if not cfg.checkpoint.get("dirpath"):
+        cfg.checkpoint.dirpath = str(root / "checkpoints")
+    if subcommand != "fit" or cfg.get("ckpt_path"):
+        return
+    existing = sorted(Path(cfg.checkpoint.dirpath).glob("*.ckpt"))
+    if existing:
+        raise UserError(
+            f"{cfg.checkpoint.dirpath} already holds a run's checkpoints ({', '.join(p.name for p in existing[:3])}). "
+            "A new run does not write over another: resume that run with --ckpt_path last, start this one in "
+            "its own directory with --trainer.default_root_dir runs/<name>, or delete the old run first."
+        )
+
+
 def _lightning_cli(argv: list[str]) -> None:
     from jsonargparse import set_parsing_settings
 
@@ -109,7 +135,8 @@ def _lightning_cli(argv: list[str]) -> None:
                 {
                     "trainer.logger": {
                         "class_path": "lightning.pytorch.loggers.CSVLogger",
-                        "init_args": {"save_dir": "runs"},
+                        # "": the run directory (trainer.default_root_dir), filled in by _place_outputs
+                        "init_args": {"save_dir": "", "name": "", "version": ""},
                     }
                 }
             )
@@ -138,6 +165,7 @@ def _lightning_cli(argv: list[str]) -> None:
             check_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
             check_device(str(cfg.trainer.accelerator))
             check_checkpoint_source(cfg.get("ckpt_path"), cfg.get("weights_only"))
+            _place_outputs(cfg, self.subcommand)
             if self.subcommand == "fit":
                 from lightning_llm.checkpointing import check_writable
 
