@@ -66,10 +66,13 @@ def check_writable(directory: str | Path, what: str) -> None:
     if directory.exists() and not directory.is_dir():
         raise CheckpointWriteError(f"{what} {directory} is a file, not a directory; choose a directory.")
     probe = directory / ".lightning-llm-write-test"
+    created = [p for p in [directory, *directory.parents] if not p.exists()]  # removed again below
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
         probe.unlink()
+        for path in created:  # deepest first: a run that fails later leaves no empty directories behind
+            path.rmdir()
     except OSError as err:
         raise CheckpointWriteError(
             f"{what} {directory} is not writable ({err.strerror or err}); choose a directory this user can "

@@ -43,9 +43,7 @@ def test_outputs_follow_the_run_directory_and_runs_do_not_overwrite(
 
     again = _fit(tmp_path, tiny_dataset, "runs/a", check=False)
     assert again.returncode != 0
-    assert (
-        "already holds a run's checkpoints (" in again.stderr and "--ckpt_path last" in again.stderr
-    )
+    assert "already holds a run's checkpoints (" in again.stderr and "--ckpt_path last" in again.stderr
     assert "Traceback" not in again.stderr
 
     resumed = _fit(tmp_path, tiny_dataset, "runs/a", "--trainer.max_steps=4", "--ckpt_path=last")

@@ -13,6 +13,12 @@ from lightning_llm.module import LitGPT, NonFiniteLossError, OptimizerConfig, Sc
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _system_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process fits must not switch the test process's allocator (benchmarks run in it later)."""
+    monkeypatch.setenv("LIGHTNING_LLM_MALLOC", "system")
+
+
 def _fit_error(tmp_path: Path, data: Path, *args: str) -> str:
     argv = [
         "fit",
