@@ -121,6 +121,7 @@ def _lightning_cli(argv: list[str]) -> None:
     from lightning_llm.checkpointing import AtomicCheckpointIO
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
+    from lightning_llm.runlog import MetricsHistory
 
     def pad_vocab(n: int) -> int:
         return (n + 63) // 64 * 64  # a multiple of 64 keeps the head's matmul fast
@@ -134,7 +135,7 @@ def _lightning_cli(argv: list[str]) -> None:
             parser.set_defaults(
                 {
                     "trainer.logger": {
-                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "class_path": "lightning_llm.runlog.RunCSVLogger",
                         # "": the run directory (trainer.default_root_dir), filled in by _place_outputs
                         "init_args": {"save_dir": "", "name": "", "version": ""},
                     }
@@ -186,7 +187,7 @@ def _lightning_cli(argv: list[str]) -> None:
         args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [LearningRateMonitor(logging_interval="step"), LossCurvePlot()],
+            "callbacks": [LearningRateMonitor(logging_interval="step"), LossCurvePlot(), MetricsHistory()],
             "plugins": [AtomicCheckpointIO()],
         },
         parser_kwargs={"default_env": False},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -46,5 +47,33 @@ def test_outputs_follow_the_run_directory_and_runs_do_not_overwrite(
     assert "already holds a run's checkpoints (" in again.stderr and "--ckpt_path last" in again.stderr
     assert "Traceback" not in again.stderr
 
+    before = _loss_steps(tmp_path / "runs" / "a" / "metrics.csv")
+    assert before == [0, 1]
     resumed = _fit(tmp_path, tiny_dataset, "runs/a", "--trainer.max_steps=4", "--ckpt_path=last")
     assert "Restored all states" in resumed.stdout + resumed.stderr
+    # the resumed run appends: the CSV covers the whole run, each step once
+    assert _loss_steps(tmp_path / "runs" / "a" / "metrics.csv") == [0, 1, 2, 3]
+
+
+def _loss_steps(path: Path) -> list[int]:
+    with path.open(newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def test_metrics_writer_keeps_history_and_drops_what_is_logged_again(tmp_path: Path) -> None:
+    """Unit level: rows before the resumed step stay, later ones go, a new column keeps the old rows."""
+    from lightning_llm.runlog import RunCSVLogger
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,train/loss\n" + "".join(f"{s},{9 - s}.0\n" for s in range(6)))
+    writer = RunCSVLogger(save_dir=str(tmp_path), name="", version="").experiment
+    assert path.is_file()  # Lightning's writer would have deleted it here
+    writer.drop_rows_from(3)
+    writer.log_metrics({"train/loss": 1.5, "val/loss": 2.5}, step=3)
+    writer.save()
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["train/loss"] == "9.0" and rows[-1]["val/loss"] == "2.5"
+    writer.drop_rows_from(0)  # a new run in this directory starts a new file
+    assert not path.exists()
