@@ -17,6 +17,9 @@ import torch
 
 from lightning_llm.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_generate_cli import train_tiny_checkpoint  # noqa: E402
+
 BLOCK = 32
 PROMPT = "The "
 
@@ -24,38 +27,8 @@ PROMPT = "The "
 @pytest.fixture(scope="module")
 def ckpt(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``last.ckpt`` of a real 1-step fit of a tiny model (block size 32) on the CPU."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from lightning_llm.config import GPTConfig
-    from lightning_llm.data.datamodule import TokenDataModule
-    from lightning_llm.module import LitGPT, OptimizerConfig, ScheduleConfig
-
     out = tmp_path_factory.mktemp("reliability_ckpt")
-    dm = TokenDataModule(path=str(tiny_dataset), batch_size=4, block_size=BLOCK, num_workers=0, seed=7)
-    cfg = GPTConfig(
-        vocab_size=(dm.vocab_size + 63) // 64 * 64,
-        block_size=BLOCK,
-        n_layer=2,
-        n_head=2,
-        n_embd=32,
-        bias=False,
-    )
-    lit = LitGPT(
-        cfg, optimizer=OptimizerConfig(lr=3e-3), schedule=ScheduleConfig(warmup_steps=1, max_steps=2)
-    )
-    L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=out,
-        callbacks=[ModelCheckpoint(dirpath=out, save_last=True, every_n_train_steps=1)],
-    ).fit(lit, dm)
-    return out / "last.ckpt"
+    return train_tiny_checkpoint(tiny_dataset, out)
 
 
 def generate(capsys: pytest.CaptureFixture, *args: str) -> tuple[str | None, str]:

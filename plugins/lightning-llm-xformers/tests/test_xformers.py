@@ -60,7 +60,9 @@ def test_choosing_it_on_cpu_fails_at_build_time() -> None:
         GPT(tiny_config(), device_type="cpu")
     msg = str(err.value)
     assert "'xformers'" in msg and "no CPU kernels" in msg and "sdpa" in msg
-    assert "cannot run on cpu here: xformers has no CPU kernels" in msg  # was "it does not support xformers has"
+    assert (
+        "cannot run on cpu here: xformers has no CPU kernels" in msg
+    )  # was "it does not support xformers has"
 
 
 def test_not_importable_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
