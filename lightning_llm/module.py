@@ -379,20 +379,22 @@ class LitGPT(L.LightningModule):
 
     def _check_finite_weights(self, state: dict[str, Any]) -> None:
         """Refuse to save non-finite weights (one host read per save; every rank takes part)."""
-        tensors = [getattr(v, "_local_tensor", v) for v in state.values() if torch.is_tensor(v)]
-        floats = [t for t in tensors if t.is_floating_point() and t.numel()]
-        finite = bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()) if floats else True
+        floats = {
+            name: v.to_local() if hasattr(v, "to_local") else v  # a DTensor shard: check what this rank holds
+            for name, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and v.numel()
+        }
+        flags = torch.stack([torch.isfinite(t).all() for t in floats.values()]) if floats else None
+        finite = bool(flags.all()) if flags is not None else True
         if self._trainer is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
-        bad = [
-            n
-            for n, v in state.items()
-            if torch.is_tensor(v)
-            and v.is_floating_point()
-            and not bool(torch.isfinite(getattr(v, "_local_tensor", v)).all())
-        ]
+        bad = (
+            [name for name, ok in zip(floats, flags.tolist(), strict=True) if not ok]
+            if flags is not None
+            else []
+        )
         raise NonFiniteLossError(
             f"The weights became non-finite ({len(bad)} tensors, e.g. {', '.join(bad[:3]) or 'on another rank'})"
             f" at step {self.global_step}; no checkpoint was written, so the last one is intact. "
