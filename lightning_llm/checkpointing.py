@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -78,3 +80,23 @@ def check_writable(directory: str | Path, what: str) -> None:
             f"{what} {directory} is not writable ({err.strerror or err}); choose a directory this user can "
             "write to."
         ) from err
+
+
+class InterruptNotice(L.Callback):
+    """On Ctrl-C, say which checkpoint is the last good one and how to resume (Lightning itself only says
+    "attempting graceful shutdown" and exits)."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+            return
+        ckpt = trainer.checkpoint_callback
+        last = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "")
+        if last and Path(last).is_file():
+            what = f"The last checkpoint, {last}, is intact"
+            how = "resume with --ckpt_path last (same --trainer.default_root_dir)"
+        else:
+            what = "No checkpoint was written before the interrupt"
+            how = "the next run starts from scratch"
+        print(f"lightning-llm: interrupted at step {trainer.global_step}. {what}; {how}.", file=sys.stderr)

@@ -118,7 +118,7 @@ def _lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch.cli import LightningCLI
 
     from lightning_llm.callbacks import LossCurvePlot, ProgressBar, SpeedMonitor
-    from lightning_llm.checkpointing import AtomicCheckpointIO
+    from lightning_llm.checkpointing import AtomicCheckpointIO, InterruptNotice
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
     from lightning_llm.runlog import MetricsHistory
@@ -153,6 +153,14 @@ def _lightning_cli(argv: list[str]) -> None:
             return
 
         def _instantiate_trainer(self, config: dict, callbacks: list) -> Any:
+            # crash-safe checkpoint writes unless the user brought a CheckpointIO; added here, not in
+            # trainer_defaults, where jsonargparse warns that it cannot serialize the instance
+            from lightning.fabric.plugins import CheckpointIO
+
+            plugins = config.get("plugins") or []
+            plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+            if not any(isinstance(p, CheckpointIO) for p in plugins):
+                config["plugins"] = [*plugins, AtomicCheckpointIO()]
             # our progress bar (GPU-aware refresh) unless the user turned the bar off or brought their own
             from lightning.pytorch.callbacks.progress import ProgressBar as AnyBar
 
@@ -187,8 +195,12 @@ def _lightning_cli(argv: list[str]) -> None:
         args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [LearningRateMonitor(logging_interval="step"), LossCurvePlot(), MetricsHistory()],
-            "plugins": [AtomicCheckpointIO()],
+            "callbacks": [
+                LearningRateMonitor(logging_interval="step"),
+                LossCurvePlot(),
+                MetricsHistory(),
+                InterruptNotice(),
+            ],
         },
         parser_kwargs={"default_env": False},
         auto_configure_optimizers=False,
