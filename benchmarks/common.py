@@ -166,6 +166,14 @@ def write_markdown(json_path: str | Path, title: str, payload: dict[str, Any], b
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def peak_key(precision: str) -> str:
+    """The ``PEAK_DTYPES`` key of a Lightning precision string: the dtype its matmuls run in."""
+    from lightning_llm.precision import training_dtype
+
+    dtype = training_dtype(precision)
+    return next(k for k, d in PEAK_DTYPES.items() if d == dtype)
+
+
 def add_peak_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peak",

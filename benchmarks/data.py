@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from lightning_llm.data.datamodule import TokenDataModule
-from lightning_llm.data.prepare import TOKENIZER_DIR, PrepareConfig, prepare
+from lightning_llm.data.layout import TOKENIZER_DIR
+from lightning_llm.data.prepare import PrepareConfig, prepare
 from lightning_llm.data.sources import resolve_source
 from lightning_llm.data.tokenizer import Tokenizer, gpt2_tokenizer, load_hf
 

@@ -25,7 +25,7 @@ the peak GPU memory of the timed steps is recorded instead. How steps are timed,
 ``--compile off|on|model`` compiles for each variant: ``benchmarks/train_step.py``.
 
 Precisions: ``32-true`` (fp32), ``bf16-mixed`` (fp32 weights, bf16 autocast), ``bf16-true`` (bf16 weights).
-MFU is model FLOPs per token (``GPTConfig.flops_per_token``) x tokens/s over the peak FLOP/s of
+MFU is model FLOPs per token (``perf.flops_per_token``) x tokens/s over the peak FLOP/s of
 ``lightning_llm.perf.peak_flops`` in the same dtype (fp32 for 32-true, bf16 otherwise): ``--peak auto``
 takes the vendor's dense peak from Lightning's device table where the GPU is in it and measures a large
 matmul otherwise (CPUs); the value and its source are in the JSON and the table header.
@@ -59,6 +59,7 @@ from benchmarks.common import (
     model_argv,
     model_config,
     peak_header,
+    peak_key,
     peak_table,
     resolve_device,
     write_json,
@@ -66,6 +67,7 @@ from benchmarks.common import (
 )
 from benchmarks.train_step import COMPILE_MODES, compile_desc, profile_variant, run_point
 from lightning_llm.config import GPTConfig
+from lightning_llm.perf import flops_per_token, meta_model
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 VARIANTS = ("nanogpt", "ours-ce", "ours", "lightning")
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         print(CUDA_NOTE, flush=True)
     tokens = args.batch * config.block_size
-    fpt = config.flops_per_token(config.block_size)
+    fpt = flops_per_token(meta_model(config), config.block_size)
     payload: dict[str, Any] = {
         "command": command_line("train", argv),
         "env": env_info(device),
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
         payload["note"] = CUDA_NOTE
     if not args.profile_only:
         points = grid(args)
-        dkeys = ["fp32" if p == "32-true" else "bf16" for _, p, _ in points]
+        dkeys = [peak_key(p) for _, p, _ in points]
         peaks = peak_table(device, dkeys, args.peak)
         if cuda:
             torch.cuda.empty_cache()  # a measured peak's matrices: give them back before the workers run
@@ -322,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         for (variant, precision, comp), res in measured.items():
             median = statistics.median(res["times_s"])
             tps = tokens / median
-            peak = peaks["fp32" if precision == "32-true" else "bf16"]
+            peak = peaks[peak_key(precision)]
             row = {
                 "variant": variant,
                 "precision": precision,

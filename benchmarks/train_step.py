@@ -34,6 +34,7 @@ from benchmarks.common import peak_memory
 from benchmarks.nanogpt import NanoConfig, NanoGPT
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
+from lightning_llm.precision import training_dtype
 
 COMPILE_MODES = ("off", "on", "model")
 CATEGORIES = (  # profile breakdown: first matching substring of the aten op name wins
@@ -120,8 +121,8 @@ def plain_step(
         if compile_ != "off":
             model = torch.compile(model, backend=compile_backend)  # type: ignore[assignment]
     else:
-        dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
-        model = GPT(config, device_type=device.type, dtype=dtype).to(device)
+        # the dtype the kernels run in (bf16 under bf16-mixed autocast), as LitGPT.configure_model passes it
+        model = GPT(config, device_type=device.type, dtype=training_dtype(precision)).to(device)
         if compile_ == "on" or (compile_ == "model" and variant == "ours"):
             compile_ours(model, "blocks" if compile_ == "on" else "model", compile_backend)
     if precision == "bf16-true":

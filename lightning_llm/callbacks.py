@@ -11,17 +11,17 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_llm.perf import PeakMode, format_flops, peak_flops
+from lightning_llm.perf import PeakMode, flops_per_token, format_flops, meta_model, peak_flops
 from lightning_llm.precision import training_dtype
 
 
 class SpeedMonitor(L.Callback):
     """Logs training tokens/s (per device and total) and MFU.
 
-    MFU = achieved model FLOP/s / peak FLOP/s, with FLOPs per token from ``GPTConfig.flops_per_token``
-    (PaLM's 6N + 12 L C T) and the peak of one device in the training dtype (``lightning_llm.perf``):
-    given, from the device table, or measured with a matmul large enough to saturate the device. The
-    value and its source are printed once at the start of fit.
+    MFU = achieved model FLOP/s / peak FLOP/s, with FLOPs per token from ``perf.flops_per_token`` (PaLM's
+    6N + 12 L C T, N counted on the model built on the meta device) and the peak of one device in the
+    training dtype (``lightning_llm.perf``): given, from the device table, or measured with a matmul large
+    enough to saturate the device. The value and its source are printed once at the start of fit.
 
     Args:
         peak_flops: Peak FLOP/s of one device for the training dtype; None: found as ``peak`` says.
@@ -41,8 +41,10 @@ class SpeedMonitor(L.Callback):
         self._t0: float | None = None
         self._tokens = 0
         self.last: dict[str, float] = {}
+        self._flops_per_token: dict[int, float] = {}  # by sequence length, for the model being fitted
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flops_per_token.clear()
         if self.peak_flops is None:
             dtype = training_dtype(str(trainer.precision))
             found = peak_flops(trainer.strategy.root_device, dtype, self.peak)
@@ -65,8 +67,11 @@ class SpeedMonitor(L.Callback):
         if dt <= 0 or self._tokens == 0:
             return
         tps = self._tokens / dt
-        config = pl_module.config  # type: ignore[attr-defined]
-        flops = config.flops_per_token(batch.shape[1] - 1) * tps
+        seq = batch.shape[1] - 1
+        if seq not in self._flops_per_token:  # counted once, on the model built on the meta device
+            model = meta_model(pl_module.config)  # type: ignore[attr-defined]
+            self._flops_per_token[seq] = flops_per_token(model, seq)
+        flops = self._flops_per_token[seq] * tps
         self.last = {"perf/tokens_per_s": tps * trainer.world_size, "perf/tokens_per_s_device": tps}
         if self.peak_flops:
             self.last["perf/mfu"] = flops / self.peak_flops

@@ -82,6 +82,23 @@ def check_writable(directory: str | Path, what: str) -> None:
         ) from err
 
 
+def check_disk_space(directory: str | Path, need_bytes: int) -> None:
+    """Refuse to start a run whose checkpoint directory (or its nearest existing parent) has less room
+    than one checkpoint, rather than failing at the first save after the training time is spent."""
+    import shutil
+
+    existing = next((p for p in [Path(directory), *Path(directory).parents] if p.exists()), None)
+    if existing is None:
+        return
+    free = shutil.disk_usage(existing).free
+    if free < need_bytes:
+        raise CheckpointWriteError(
+            f"The checkpoint directory {directory} has {free / 2**20:,.0f} MiB free but one checkpoint of this "
+            f"model needs about {need_bytes / 2**20:,.0f} MiB. Free some space or point --checkpoint.dirpath at "
+            "another disk."
+        )
+
+
 class InterruptNotice(L.Callback):
     """On Ctrl-C, say which checkpoint is the last good one and how to resume (Lightning itself only says
     "attempting graceful shutdown" and exits)."""

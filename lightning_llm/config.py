@@ -31,6 +31,15 @@ class ComponentSpec:
 
 Component = ComponentSpec | str
 
+VOCAB_MULTIPLE = 64
+"""Vocabulary sizes are padded up to a multiple of this: the head's matmul runs faster (nanoGPT: 50257 ->
+50304), and the extra rows are never a target."""
+
+
+def pad_vocab_size(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """The model vocabulary for a tokenizer of ``n`` ids: ``n`` rounded up to ``multiple``."""
+    return -(-n // multiple) * multiple
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -55,7 +64,8 @@ class GPTConfig:
     attn_dropout: float = 0.0
     """Dropout on attention probabilities during training (not every kernel supports it)."""
     bias: bool = True
-    """Biases in linear layers and LayerNorm (GPT-2: true; Llama: false)."""
+    """Biases in linear layers and LayerNorm (GPT-2: true; Llama: false). A norm without one (rmsnorm) needs
+    false: the build refuses rather than dropping it."""
     tie_embeddings: bool = True
     """Share the token embedding matrix with the output head (GPT-2 does)."""
     init_std: float = 0.02
@@ -113,11 +123,6 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    @property
-    def n_query_groups(self) -> int:
-        """Query heads that share one key/value head."""
-        return self.n_head // self.n_kv_head  # type: ignore[operator]
-
     def check_components(self) -> None:
         """Check every component name and its options against the registries (imports torch)."""
         from lightning_llm.registry import REGISTRIES, check_options
@@ -126,32 +131,6 @@ class GPTConfig:
             spec: ComponentSpec = getattr(self, kind)
             factory = REGISTRIES[kind].get(spec.name)
             check_options(kind, spec.name, factory, spec.options)
-
-    def num_params(self, include_embedding: bool = True) -> int:
-        """Parameter count of the built-in components (plugins may add their own)."""
-        c, h = self.n_embd, self.intermediate_size
-        kv = self.n_kv_head * self.head_dim  # type: ignore[operator]
-        b = int(self.bias)
-        attn = c * (c + 2 * kv) + b * (c + 2 * kv) + c * c + b * c
-        n_in = 2 if self.mlp.name == "swiglu" else 1  # type: ignore[union-attr]
-        mlp = n_in * (c * h + b * h) + h * c + b * c  # type: ignore[operator]
-        norm = c * (2 if self.norm.name == "layernorm" and self.bias else 1)  # type: ignore[union-attr]
-        n = self.n_layer * (attn + mlp + 2 * norm) + norm
-        if include_embedding:
-            n += self.vocab_size * c * (1 if self.tie_embeddings else 2)
-            if self.positional.name == "learned":  # type: ignore[union-attr]
-                n += self.block_size * c
-        return n
-
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B / nanoGPT.
-
-        6 * N for the matmuls with N the non-embedding parameters plus the output head, and
-        12 * L * C * T for attention scores and values (causality not discounted, as in PaLM).
-        """
-        t = seq_len or self.block_size
-        n = self.num_params(include_embedding=False) + self.vocab_size * self.n_embd
-        return 6.0 * n + 12.0 * self.n_layer * self.n_embd * t
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

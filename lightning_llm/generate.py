@@ -1,15 +1,38 @@
-"""Sampling with the model's static KV cache: temperature, top-k, top-p (nucleus), EOS, streaming."""
+"""Sampling with the model's static KV cache: temperature, top-k, top-p (nucleus), EOS, streaming.
+
+This module does not import the model: it works on anything with the ``CachedLM`` methods (``GPT`` has
+them), so the dependency runs one way, ``model`` -> ``generate`` (``GPT.generate`` is ``generate``).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from lightning_llm.model import GPT
+
+class CachedLM(Protocol):
+    """What sampling needs from a model: its block size, final hidden states, head and a static KV cache."""
+
+    config: Any
+    """Has ``block_size``, the longest context."""
+    training: bool
+
+    def hidden_states(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor: ...
+
+    def lm_head(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def setup_kv_cache(
+        self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
+    ) -> None: ...
+
+    def clear_kv_cache(self) -> None: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
 
 
 def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
@@ -58,14 +81,14 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
-def _last_logits(model: GPT, idx: torch.Tensor, start: int) -> torch.Tensor:
+def _last_logits(model: CachedLM, idx: torch.Tensor, start: int) -> torch.Tensor:
     """Logits (B, V) of the last position only: the vocabulary head runs on one position, not T."""
     return model.lm_head(model.hidden_states(idx, start)[:, -1])
 
 
 @torch.no_grad()
 def generate_tokens(
-    model: GPT,
+    model: CachedLM,
     idx: torch.Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -114,3 +137,19 @@ def generate_tokens(
     finally:
         model.clear_kv_cache()
         model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model: CachedLM,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens (``generate_tokens``); returns (B, T + n)."""
+    new = list(generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
+    return torch.cat([idx, *new], dim=1) if new else idx

@@ -8,16 +8,26 @@ once, in ``GPT.__init__``; ``forward`` has no string checks. The model knows not
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from lightning_llm.components.attention import AttentionKernel, AttentionRequest
+from lightning_llm.components.mlp import TPStyle, check_feedforward
 from lightning_llm.components.positional import PositionalContext, PositionalEncoding
 from lightning_llm.config import ComponentSpec, GPTConfig
+from lightning_llm.generate import generate
 from lightning_llm.loss import linear_cross_entropy
-from lightning_llm.registry import ATTENTION, MLP, NORM, POSITIONAL
+from lightning_llm.registry import (
+    ATTENTION,
+    MLP,
+    NORM,
+    POSITIONAL,
+    ComponentError,
+    Registry,
+    accepted_options,
+)
 
 
 class IncompatibleComponentsError(ValueError):
@@ -84,22 +94,62 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
     def reset_parameters(self, std: float, residual_std: float) -> None:
+        """N(0, std) for qkv, N(0, residual_std) for the residual projection ``proj``; zero biases."""
         nn.init.normal_(self.qkv.weight, mean=0.0, std=std)
         nn.init.normal_(self.proj.weight, mean=0.0, std=residual_std)
         for lin in (self.qkv, self.proj):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
+    def tp_plan(self) -> dict[str, TPStyle]:
+        """Megatron: qkv column-wise (whole KV groups per shard), the residual projection row-wise."""
+        return {"qkv": "colwise", "proj": "rowwise"}
 
-def _build(registry, spec: ComponentSpec, *args, **defaults):
-    """Build a component: model-wide defaults (bias, eps, dropout) are overridden by the user's options."""
-    from lightning_llm.registry import accepted_options
 
-    factory = registry.get(spec.name)
-    accepted = accepted_options(factory)
-    kwargs = {k: v for k, v in defaults.items() if accepted is None or k in accepted}
+NO_OP_DEFAULTS: dict[str, Any] = {"bias": False, "dropout": 0.0}
+"""Model-wide defaults that change nothing when a component does not take them."""
+
+
+def _build(
+    registry: Registry[Any], spec: ComponentSpec, *args: Any, required: tuple[str, ...] = (), **defaults: Any
+) -> Any:
+    """Build a component with the model-wide ``defaults`` (bias, eps, dropout) it takes, then the user's options.
+
+    A default the constructor does not take is left out only where it is a no-op (``NO_OP_DEFAULTS``);
+    one that matters (bias true, dropout > 0), or one in ``required`` (a norm's eps), raises a
+    ``ComponentError`` that names the component, the option and the fix.
+    """
+    accepted = accepted_options(registry.get(spec.name))
+    kwargs: dict[str, Any] = {}
+    for key, value in defaults.items():
+        if accepted is None or key in accepted:
+            kwargs[key] = value
+            continue
+        kind, others = registry.kind, ", ".join(_taking(registry, key)) or "none installed"
+        if key in required:
+            raise ComponentError(
+                f"{kind} '{spec.name}' does not take `{key}`, which every {kind} must: add a keyword-only "
+                f"`{key}` to its constructor, or set model.config.{kind} to one that takes it ({others})."
+            )
+        if key not in NO_OP_DEFAULTS or value != NO_OP_DEFAULTS[key]:
+            off = str(NO_OP_DEFAULTS.get(key)).lower()  # as YAML writes it: false, 0.0
+            raise ComponentError(
+                f"{kind} '{spec.name}' has no {key}: "
+                + (f"set model.config.{key}: {off}, or " if key in NO_OP_DEFAULTS else "")
+                + f"set model.config.{kind} to one that takes {key} ({others})."
+            )
     kwargs.update(spec.options)
     return registry.build(spec.name, *args, **kwargs)
+
+
+def _taking(registry: Registry[Any], option: str) -> list[str]:
+    """Names of the components in ``registry`` whose constructor takes ``option``."""
+    names = []
+    for name in registry.names():
+        accepted = accepted_options(registry.get(name))
+        if accepted is None or option in accepted:
+            names.append(name)
+    return names
 
 
 class Block(nn.Module):
@@ -108,7 +158,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, kernel: AttentionKernel) -> None:
         super().__init__()
         c = config
-        self.norm_1 = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.norm_1 = _build(NORM, c.norm, c.n_embd, required=("eps",), eps=c.norm_eps, bias=c.bias)
         self.attn = CausalSelfAttention(
             c.n_embd,
             c.n_head,
@@ -118,8 +168,9 @@ class Block(nn.Module):
             attn_dropout=c.attn_dropout,
             dropout=c.dropout,
         )
-        self.norm_2 = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.norm_2 = _build(NORM, c.norm, c.n_embd, required=("eps",), eps=c.norm_eps, bias=c.bias)
         self.mlp = _build(MLP, c.mlp, c.n_embd, c.intermediate_size, bias=c.bias, dropout=c.dropout)
+        check_feedforward(self.mlp, c.mlp.name)  # type: ignore[union-attr]
 
     def forward(self, x: torch.Tensor, pctx: PositionalContext, start: int = 0) -> torch.Tensor:
         x = x + self.attn(self.norm_1(x), pctx, start)
@@ -130,6 +181,13 @@ class Block(nn.Module):
         self.norm_2.reset_parameters()
         self.attn.reset_parameters(std, residual_std)
         self.mlp.reset_parameters(std, residual_std)
+
+    def tp_plan(self) -> dict[str, TPStyle]:
+        """Tensor-parallel style of each sharded submodule (relative name), as its parts declare them."""
+        return {
+            **{f"attn.{name}": style for name, style in self.attn.tp_plan().items()},
+            **{f"mlp.{name}": style for name, style in self.mlp.tp_plan().items()},
+        }
 
 
 def check_compatible(
@@ -204,7 +262,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.n_embd)
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c, kernel) for _ in range(c.n_layer))
-        self.norm_f = _build(NORM, c.norm, c.n_embd, eps=c.norm_eps, bias=c.bias)
+        self.norm_f = _build(NORM, c.norm, c.n_embd, required=("eps",), eps=c.norm_eps, bias=c.bias)
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -223,11 +281,19 @@ class GPT(nn.Module):
         if not self.config.tie_embeddings:
             nn.init.normal_(self.lm_head.weight, mean=0.0, std=std)
 
-    def num_params(self, non_embedding: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.wte.weight.numel()
-        return n
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameters of the built model (a tied head counted once; DTensors count their global size).
+
+        ``include_embedding=False`` leaves out the lookup tables (the token embedding unless it is tied to
+        the head, the positional encoding's parameters) and keeps what takes part in a matmul for every
+        token: blocks, final norm and head. That is PaLM's N in ``perf.flops_per_token``, and nanoGPT's
+        non-embedding count for a tied model. Counted on any device, the meta device included.
+        """
+        if include_embedding:
+            params = list(self.parameters())
+        else:
+            params = [p for m in (self.blocks, self.norm_f, self.lm_head) for p in m.parameters()]
+        return sum(p.numel() for p in {id(p): p for p in params}.values())
 
     # -- forward ----------------------------------------------------------------------------------
     def hidden_states(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -275,11 +341,6 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = None
 
-    def components(self) -> Iterator[tuple[str, str]]:
-        for kind in ("attention", "positional", "norm", "mlp"):
-            yield kind, getattr(self.config, kind).name
-
-    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
@@ -290,8 +351,5 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Continue ``idx`` (B, T) by up to ``max_new_tokens`` tokens using the KV cache; returns (B, T + n)."""
-        from lightning_llm.generate import generate_tokens
-
-        new = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
-        return torch.cat([idx, *new], dim=1) if new else idx
+        """``lightning_llm.generate.generate`` on this model: ``idx`` (B, T) continued to (B, T + n)."""
+        return generate(self, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator)

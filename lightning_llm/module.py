@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -12,38 +12,26 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lightning_llm.config import GPTConfig
+from lightning_llm.checkpointing import check_disk_space
+from lightning_llm.config import GPTConfig, pad_vocab_size
 from lightning_llm.model import GPT
-from lightning_llm.optim import OptimizerConfig, ScheduleConfig, lr_factor
-from lightning_llm.precision import training_dtype
+from lightning_llm.nonfinite import NonFiniteLossError, NonFiniteTracker, nonfinite_tensors
+from lightning_llm.optim import OptimizerConfig, ScheduleConfig, apply_optimizer_settings, lr_factor
+from lightning_llm.precision import fsdp_param_dtype, training_dtype
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss; the run stops and the last good checkpoint stays as it was."""
+@runtime_checkable
+class TokenData(Protocol):
+    """What ``LitGPT`` reads from the trainer's datamodule (``TokenDataModule`` is one).
 
-
-class NonFiniteTracker:
-    """Remembers, on the loss's device, the first optimizer step whose loss was not finite.
-
-    ``record`` only launches two small kernels; nothing is read back to the host until ``first_step``,
-    which the module calls at logging intervals (when Lightning reads the loss anyway) and before saving.
+    ``vocab_size`` is checked against the model's embedding table, ``batch_size`` turns a global batch into
+    gradient accumulation, and ``tokenizer`` (with ``to_dict()``) is stored in every checkpoint so that
+    ``generate`` needs nothing else. Any other datamodule trains too; the module says once what it skips.
     """
 
-    def __init__(self) -> None:
-        self._first: torch.Tensor | None = None
-
-    def record(self, loss: torch.Tensor, step: int) -> None:
-        if self._first is None or self._first.device != loss.device:
-            self._first = torch.full((), -1, dtype=torch.int64, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()) & (self._first < 0)
-        self._first = torch.where(bad, step, self._first)
-
-    def first_step(self) -> int | None:
-        """The first non-finite step recorded, or None (one host read)."""
-        if self._first is None:
-            return None
-        step = int(self._first)
-        return step if step >= 0 else None
+    batch_size: int
+    vocab_size: int
+    tokenizer: Any
 
 
 class LitGPT(L.LightningModule):
@@ -117,31 +105,61 @@ class LitGPT(L.LightningModule):
         self.max_skipped_steps = max_skipped_steps
         self.skipped_in_a_row = 0
         self.model: GPT | None = None
+        self.token_data: TokenData | None = None  # the trainer's datamodule, if it is one (set in ``setup``)
         self.val_loss = MeanMetric()
         self.val_ppl = Perplexity()
         self.skipped_steps = 0
         self.nonfinite = NonFiniteTracker()
 
     # -- model construction -------------------------------------------------------------------------
-    def _precision_dtype(self) -> torch.dtype:
-        return training_dtype(str(self.trainer.precision) if self._trainer is not None else "32-true")
-
     def configure_model(self) -> None:
         """Build the GPT (on the meta device under FSDP2) and apply parallelism from the outside."""
         if self.model is not None:
             return
-        device_type = self.trainer.strategy.root_device.type if self._trainer is not None else "cpu"
-        self.model = GPT(self.config, device_type=device_type, dtype=self._precision_dtype())
-        from lightning_llm import parallel
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
-        parallel.parallelize(self, self.model)
+        from lightning_llm.parallel import parallelize
+
+        trainer = self._trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        precision = str(trainer.precision) if trainer is not None else "32-true"
+        self.model = GPT(self.config, device_type=device.type, dtype=training_dtype(precision))
+        strategy = trainer.strategy if trainer is not None else None
+        mesh = self.device_mesh if isinstance(strategy, ModelParallelStrategy) else None
+        parallelize(
+            self.model,
+            device=device,
+            mesh=mesh,
+            tensor_parallel=self.tensor_parallel,
+            # FSDP1 checkpoints activations itself (activation_checkpointing_policy in its preset)
+            activation_checkpointing=self.activation_checkpointing and not isinstance(strategy, FSDPStrategy),
+            compile=self.compile,
+            param_dtype=fsdp_param_dtype(precision) if mesh is not None else None,
+        )
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "check_vocab"):
-            dm.check_vocab(self.config.vocab_size)  # token ids must fit in the embedding table
+        self.token_data = dm if isinstance(dm, TokenData) else None
+        if self.token_data is not None:
+            self._check_vocab(self.token_data)
+        elif stage == "fit":
+            rank_zero_info(
+                f"The datamodule ({type(dm).__name__}) has no batch_size, vocab_size and tokenizer "
+                "(lightning_llm.module.TokenData): token ids are not checked against the model's vocabulary "
+                "and checkpoints carry no tokenizer (generate will need one)."
+            )
         if stage == "fit":
             self._set_accumulation()
+
+    def _check_vocab(self, data: TokenData) -> None:
+        """Every token id of the data must have a row in the embedding table."""
+        if data.vocab_size > self.config.vocab_size:
+            raise ValueError(
+                f"The dataset's tokenizer ({getattr(data.tokenizer, 'name', type(data.tokenizer).__name__)}) "
+                f"has {data.vocab_size} ids, but model.config.vocab_size is {self.config.vocab_size}. Set "
+                f"model.config.vocab_size to at least {data.vocab_size} (e.g. {pad_vocab_size(data.vocab_size)}, "
+                "padded for speed), or leave it out: the CLI links it from the dataset."
+            )
 
     def _set_accumulation(self) -> None:
         target = self.global_batch_size
@@ -154,10 +172,12 @@ class LitGPT(L.LightningModule):
             target = self.global_batch_tokens // self.config.block_size
         if target is None:
             return
-        dm = self.trainer.datamodule
-        micro = getattr(dm, "batch_size", None)
-        if micro is None:
-            raise ValueError("global_batch_size needs a datamodule with a batch_size attribute")
+        if self.token_data is None:
+            raise ValueError(
+                "global_batch_size / global_batch_tokens need a datamodule with a batch_size "
+                "(lightning_llm.module.TokenData, e.g. TokenDataModule)."
+            )
+        micro = self.token_data.batch_size
         per_step = micro * self.trainer.world_size
         if target % per_step:
             raise ValueError(
@@ -213,26 +233,11 @@ class LitGPT(L.LightningModule):
             )
 
     def _check_disk_space(self) -> None:
-        """Refuse to start when the checkpoint directory cannot hold one checkpoint (weights and AdamW's two
-        moments in fp32, the bulk of the file), rather than failing at the first save."""
-        import shutil
-        from pathlib import Path
-
-        callback = self.trainer.checkpoint_callback
-        dirpath = getattr(callback, "dirpath", None)
-        if not dirpath or not self.trainer.is_global_zero:
-            return
-        existing = next((p for p in [Path(dirpath), *Path(dirpath).parents] if p.exists()), None)
-        if existing is None:
-            return
-        need = 12 * sum(p.numel() for p in self.parameters())  # fp32 weights + exp_avg + exp_avg_sq
-        free = shutil.disk_usage(existing).free
-        if free < need:
-            raise ValueError(
-                f"The checkpoint directory {dirpath} has {free / 2**20:,.0f} MiB free but one checkpoint of this "
-                f"model needs about {need / 2**20:,.0f} MiB. Free some space or point --checkpoint.dirpath at "
-                "another disk."
-            )
+        """Refuse to start when the checkpoint directory cannot hold one checkpoint."""
+        dirpath = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+        if dirpath and self.trainer.is_global_zero:
+            # fp32 weights + AdamW's exp_avg and exp_avg_sq: the bulk of the file
+            check_disk_space(dirpath, 12 * sum(p.numel() for p in self.parameters()))
 
     def on_train_end(self) -> None:
         if self.skipped_steps:
@@ -350,8 +355,10 @@ class LitGPT(L.LightningModule):
         kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
         try:
             opt = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kwargs)
-        except (RuntimeError, ValueError) as err:  # e.g. fused not supported for DTensor params on this build
-            if cfg.fused:
+        except RuntimeError as err:
+            # only torch's own refusal of the fused kernel (a device or parameter type it does not cover)
+            # falls back, and says so; a fused=true the user asked for, or any other error, is raised
+            if cfg.fused or "fused" not in str(err).lower():
                 raise
             rank_zero_warn(f"AdamW: fused kernel unavailable here ({err}); using the foreach implementation")
             opt = torch.optim.AdamW(
@@ -373,28 +380,16 @@ class LitGPT(L.LightningModule):
         self._raise_if_nonfinite()
         self._check_finite_weights(checkpoint.get("state_dict", {}))
         checkpoint["model_config"] = self.config.to_dict()
-        tok = getattr(self._trainer.datamodule, "tokenizer", None) if self._trainer is not None else None
-        if tok is not None:
-            checkpoint["tokenizer"] = tok.to_dict()
+        if self.token_data is not None:
+            checkpoint["tokenizer"] = self.token_data.tokenizer.to_dict()
 
     def _check_finite_weights(self, state: dict[str, Any]) -> None:
         """Refuse to save non-finite weights (one host read per save; every rank takes part)."""
-        floats = {
-            name: v.to_local() if hasattr(v, "to_local") else v  # a DTensor shard: check what this rank holds
-            for name, v in state.items()
-            if torch.is_tensor(v) and v.is_floating_point() and v.numel()
-        }
-        flags = torch.stack([torch.isfinite(t).all() for t in floats.values()]) if floats else None
-        finite = bool(flags.all()) if flags is not None else True
+        finite, bad = nonfinite_tensors(state)
         if self._trainer is not None:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
-        bad = (
-            [name for name, ok in zip(floats, flags.tolist(), strict=True) if not ok]
-            if flags is not None
-            else []
-        )
         raise NonFiniteLossError(
             f"The weights became non-finite ({len(bad)} tensors, e.g. {', '.join(bad[:3]) or 'on another rank'})"
             f" at step {self.global_step}; no checkpoint was written, so the last one is intact. "
@@ -440,15 +435,4 @@ class LitGPT(L.LightningModule):
                 changes.append(f"{key}: {before!r} -> {after!r}")
         if changes:
             rank_zero_info("Resuming with changed settings (the command line wins): " + "; ".join(changes))
-        cfg = self.optim_cfg
-        for state in checkpoint.get("optimizer_states", []):
-            for i, group in enumerate(state.get("param_groups", [])):
-                base = group.get("initial_lr") or cfg.lr
-                group["lr"] = group["lr"] * cfg.lr / base  # keep the schedule's position
-                group["initial_lr"] = cfg.lr
-                group["betas"], group["eps"] = tuple(cfg.betas), cfg.eps
-                if i == 0:  # the decay group (param_groups: decay first, then no-decay)
-                    group["weight_decay"] = cfg.weight_decay
-        for sched in checkpoint.get("lr_schedulers", []):
-            if "base_lrs" in sched:
-                sched["base_lrs"] = [cfg.lr] * len(sched["base_lrs"])
+        apply_optimizer_settings(checkpoint, self.optim_cfg)

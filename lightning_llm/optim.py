@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass
@@ -79,3 +79,22 @@ def lr_factor(step: int, sched: ScheduleConfig, total: int) -> float:
     if step < decay_start:
         return 1.0
     return 1.0 - (1.0 - lo) * min(1.0, (step - decay_start) / max(1, total - decay_start))
+
+
+def apply_optimizer_settings(checkpoint: dict[str, Any], cfg: OptimizerConfig) -> None:
+    """Rewrite a checkpoint's saved AdamW and scheduler state to ``cfg`` (a resume with new settings).
+
+    The learning rate keeps the schedule's position (scaled by new / old peak); betas, eps and the decay
+    group's weight decay are replaced. Without this, Lightning would restore the old values.
+    """
+    for state in checkpoint.get("optimizer_states", []):
+        for i, group in enumerate(state.get("param_groups", [])):
+            base = group.get("initial_lr") or cfg.lr
+            group["lr"] = group["lr"] * cfg.lr / base
+            group["initial_lr"] = cfg.lr
+            group["betas"], group["eps"] = tuple(cfg.betas), cfg.eps
+            if i == 0:  # the decay group (LitGPT.param_groups: decay first, then no-decay)
+                group["weight_decay"] = cfg.weight_decay
+    for sched in checkpoint.get("lr_schedulers", []):
+        if "base_lrs" in sched:
+            sched["base_lrs"] = [cfg.lr] * len(sched["base_lrs"])

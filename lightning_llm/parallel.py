@@ -1,7 +1,7 @@
 """Parallelism applied from the outside to a model that knows nothing of it (torchtitan's split).
 
-``parallelize`` is called from ``LitGPT.configure_model``. Under Lightning's ``ModelParallelStrategy`` the
-model arrives on the meta device; it gets tensor parallelism (optional), activation checkpointing,
+``parallelize`` is called from ``LitGPT.configure_model`` with plain arguments (it knows nothing of
+Lightning). Under Lightning's ``ModelParallelStrategy`` the model arrives on the meta device; it gets tensor parallelism (optional), activation checkpointing,
 compile, then FSDP2 (``fully_shard`` per block, then the root), and is materialised and initialised last,
 shard by shard. DDP and FSDP1 are Lightning's own strategies and need nothing here beyond checkpointing
 and compile.
@@ -12,14 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from lightning_llm.model import GPT
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
-
-    from lightning_llm.module import LitGPT
 
 
 def apply_activation_checkpointing(model: GPT) -> None:
@@ -46,7 +43,8 @@ def apply_compile(model: GPT, scope: str = "blocks") -> None:
 
 
 def apply_tensor_parallel(model: GPT, tp_mesh: DeviceMesh) -> None:
-    """Megatron-style TP inside each block: column-wise in-projections, row-wise out-projections.
+    """Megatron-style TP inside each block, by the plan its parts declare (``Block.tp_plan``): column-wise
+    in-projections, row-wise residual projections.
 
     The fused qkv rows are grouped per KV head (see ``CausalSelfAttention``), so a column shard holds whole
     query groups; the number of KV heads must be divisible by the TP size.
@@ -57,11 +55,9 @@ def apply_tensor_parallel(model: GPT, tp_mesh: DeviceMesh) -> None:
     n_kv = model.config.n_kv_head
     if n_kv % tp:  # type: ignore[operator]
         raise ValueError(f"tensor parallel size {tp} must divide n_kv_head={n_kv}")
+    styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
     for block in model.blocks:
-        plan: dict[str, object] = {"attn.qkv": ColwiseParallel(), "attn.proj": RowwiseParallel()}
-        for name, child in block.mlp.named_children():
-            if isinstance(child, nn.Linear):
-                plan[f"mlp.{name}"] = RowwiseParallel() if name == "proj" else ColwiseParallel()
+        plan = {name: styles[style]() for name, style in block.tp_plan().items()}
         parallelize_module(block, tp_mesh, plan)  # type: ignore[arg-type]
 
 
@@ -77,44 +73,48 @@ def apply_fsdp2(model: GPT, dp_mesh: DeviceMesh, param_dtype: torch.dtype | None
     fully_shard(model, **kwargs)
 
 
-def parallelize(lit: LitGPT, model: GPT) -> None:
-    """Apply what ``lit``'s settings and the trainer's strategy ask for."""
-    strategy = lit._trainer.strategy if lit._trainer is not None else None
-    from lightning.pytorch.strategies import ModelParallelStrategy
+def parallelize(
+    model: GPT,
+    *,
+    device: torch.device,
+    mesh: DeviceMesh | None = None,
+    tensor_parallel: bool = False,
+    activation_checkpointing: bool = False,
+    compile: bool | str = False,
+    param_dtype: torch.dtype | None = None,
+) -> None:
+    """Apply tensor parallelism, activation checkpointing, compile and FSDP2 to ``model``, in that order.
 
-    model_parallel = isinstance(strategy, ModelParallelStrategy)
-    if model_parallel:
-        mesh = lit.device_mesh
-        if lit.tensor_parallel and mesh["tensor_parallel"].size() > 1:
-            apply_tensor_parallel(model, mesh["tensor_parallel"])
-    elif lit.tensor_parallel:
+    Args:
+        model: A GPT, on the meta device when it is to be sharded (materialised here, on ``device``).
+        device: The device the model trains on.
+        mesh: The device mesh of ``ModelParallelStrategy`` (dims ``data_parallel`` and ``tensor_parallel``);
+            None for DDP, FSDP1 and a single device (FSDP1 does its own activation checkpointing, so pass
+            ``activation_checkpointing=False`` there).
+        tensor_parallel: Shard each block's linear layers over ``mesh["tensor_parallel"]`` (needs ``mesh``).
+        activation_checkpointing: Recompute every block's activations in backward.
+        compile: False, True or "blocks" (each block), or "model" (one graph; not with ``mesh``).
+        param_dtype: FSDP2's compute dtype for parameters (mixed precision); None keeps their dtype.
+    """
+    if tensor_parallel and mesh is None:
         raise ValueError(
             "tensor_parallel needs trainer.strategy=ModelParallelStrategy (see configs/fsdp2.yaml)"
         )
-    if lit.activation_checkpointing and not _fsdp1(strategy):
+    if tensor_parallel and mesh["tensor_parallel"].size() > 1:  # type: ignore[index]
+        apply_tensor_parallel(model, mesh["tensor_parallel"])  # type: ignore[index]
+    if activation_checkpointing:
         apply_activation_checkpointing(model)
-    if lit.compile:
-        scope = "blocks" if lit.compile is True else str(lit.compile)
-        if scope == "model" and model_parallel:
+    if compile:
+        scope = "blocks" if compile is True else str(compile)
+        if scope == "model" and mesh is not None:
             raise ValueError(
                 "compile: model compiles the whole model in one graph, which FSDP2/tensor parallel wrap per "
                 "block; use compile: true (per block) with ModelParallelStrategy."
             )
         apply_compile(model, scope)
-    if model_parallel:
-        precision = str(lit.trainer.precision)
-        param_dtype = torch.bfloat16 if precision == "bf16-mixed" else None
-        if precision == "16-mixed":
-            param_dtype = torch.float16
-        apply_fsdp2(model, lit.device_mesh["data_parallel"], param_dtype)
+    if mesh is not None:
+        apply_fsdp2(model, mesh["data_parallel"], param_dtype)
     if any(p.is_meta for p in model.parameters()):
-        model.to_empty(device=lit.trainer.strategy.root_device)
+        model.to_empty(device=device)
         with torch.no_grad():
             model.reset_parameters()
-
-
-def _fsdp1(strategy: object) -> bool:
-    """FSDP1 does its own activation checkpointing (``activation_checkpointing_policy`` in the preset)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    return isinstance(strategy, FSDPStrategy)

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+if TYPE_CHECKING:
+    from lightning_llm.config import GPTConfig
+    from lightning_llm.model import GPT
 
 PeakMode = Literal["auto", "table", "measure"]
 
@@ -121,3 +125,27 @@ def peak_flops(device: torch.device, dtype: torch.dtype, mode: PeakMode = "auto"
             )
     flops, n = measure_matmul_peak(device, dtype)
     return Peak(flops, f"measured: {n}^3 {str(dtype).removeprefix('torch.')} matmul on {device.type}")
+
+
+def meta_model(config: GPTConfig) -> GPT:
+    """The model ``config`` describes, built on the meta device: its modules and parameter shapes, with no
+    memory and no init (milliseconds at any size). Counts taken here hold whatever the model is later
+    sharded into (FSDP1 flattens and shards the parameters of the real one)."""
+    from lightning_llm.model import GPT
+
+    with torch.device("meta"):
+        return GPT(config, device_type="meta")
+
+
+def flops_per_token(model: GPT, seq_len: int | None = None) -> float:
+    """Training FLOPs per token of a built ``model`` (forward + backward = 3x forward), PaLM appendix B /
+    nanoGPT's ``estimate_mfu``: ``6 N + 12 L C T``.
+
+    N: the parameters that take part in a matmul for every token, counted on the built modules
+    (``model.num_params(include_embedding=False)``: blocks, final norm, head; not the token-embedding
+    lookup nor a learned positional table). 12 L C T: attention scores and values over ``seq_len``
+    (default: the block size) positions, causality not discounted, as in PaLM.
+    """
+    c = model.config
+    t = seq_len or c.block_size
+    return 6.0 * model.num_params(include_embedding=False) + 12.0 * c.n_layer * c.n_embd * t

@@ -24,6 +24,9 @@ PRECISION_DTYPES = {
     "16-true": torch.float16,
 }
 
+MIXED_PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+"""Mixed precisions: parameters stay fp32, matmuls run in this dtype (FSDP2's ``param_dtype``)."""
+
 CPU_BF16_ENV = "LIGHTNING_LLM_CPU_BF16"
 """Set to 1 to train in bf16 on a CPU even where it is emulated (slow)."""
 
@@ -39,6 +42,24 @@ def training_dtype(precision: str) -> torch.dtype:
         raise ValueError(
             f"Unknown precision {precision!r}; lightning-llm knows {', '.join(PRECISION_DTYPES)}."
         ) from None
+
+
+def fsdp_param_dtype(precision: str) -> torch.dtype | None:
+    """FSDP2's mixed-precision ``param_dtype`` for a precision string: None for the "-true" precisions,
+    whose parameters already are in the training dtype."""
+    training_dtype(precision)  # unknown strings are an error
+    return MIXED_PARAM_DTYPES.get(str(precision))
+
+
+def check_device_precision(precision: str, on_cpu: bool, gpu_has_bf16: bool = True) -> None:
+    """Refuse a precision the device cannot do (Lightning would silently switch 16-bit to bf16 on CPU)."""
+    if on_cpu and precision in ("16-mixed", "16-true", "16", "transformer-engine"):
+        raise ValueError(
+            f"trainer.precision={precision} needs a GPU; this run is on the CPU. "
+            "Use --trainer.precision bf16-mixed (or bf16-true, 32-true) on CPU."
+        )
+    if not on_cpu and precision.startswith("bf16") and not gpu_has_bf16:
+        raise ValueError(f"trainer.precision={precision}: this GPU has no bfloat16; use 16-mixed or 32-true.")
 
 
 @functools.cache

@@ -71,9 +71,6 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, obj, source)
         return obj
 
-    def unregister(self, name: str) -> None:
-        self._entries.pop(name, None)
-
     # -- lookup -------------------------------------------------------------------------------------
     def _load_builtins(self) -> None:
         if not self._builtins_loaded:

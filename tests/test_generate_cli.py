@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_llm.cli import UserError, main
-from lightning_llm.sample_cli import DTYPES, choose_dtype, load_checkpoint, resolve_dtype
+from lightning_llm.cli.generate import DTYPES, choose_dtype, load_checkpoint, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The "

@@ -1,4 +1,9 @@
-"""Normalisation layers. Constructor: ``(dim, *, eps, bias)``; the model passes its ``norm_eps`` and ``bias``."""
+"""Normalisation layers over the last dimension.
+
+Constructor contract: ``(dim, *, eps, ...)``. Every norm takes ``eps`` (the model passes ``norm_eps``);
+``bias`` is optional: a norm that takes it gets the model's ``bias``, and one without it (RMSNorm) refuses
+a model with ``bias: true`` at build time rather than silently building without one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from lightning_llm.registry import NORM
 
 
 class Norm(nn.Module):
-    """Base class of normalisation layers over the last dimension."""
+    """Base class of normalisation layers over the last dimension: ``(dim, *, eps[, bias], ...)``."""
 
     description: str = ""
 
@@ -46,9 +51,8 @@ class RMSNorm(Norm):
 
     description = "RMSNorm, no bias (Llama)"
 
-    def __init__(self, dim: int, *, eps: float = 1e-5, bias: bool = False) -> None:
+    def __init__(self, dim: int, *, eps: float = 1e-5) -> None:
         super().__init__()
-        del bias  # RMSNorm has no bias; accepted so the model can pass its global `bias` uniformly
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 

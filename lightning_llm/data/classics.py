@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from lightning_llm.data.sources import Document, Source, decode
+from lightning_llm.data.documents import Document, Source, decode, strip_gutenberg
 from lightning_llm.registry import SOURCES
 
 
@@ -167,8 +167,6 @@ class ClassicsSource(Source):
         return self._counted(self._read())
 
     def _read(self) -> Iterator[Document]:
-        from lightning_llm.data.clean import strip_gutenberg  # not at the top: clean.py imports sources.py
-
         archives = {pin.filename: fetch_archive(pin, self.cache_dir) for pin in self._pins()}
         count = 0
         for work in self.works:

@@ -7,7 +7,8 @@ next is read, so memory does not grow with the corpus (beyond the dedup state), 
 and UTF-8 bytes in and out of every step for the prepare report.
 
 ``build_pipeline(CleanConfig())`` gives: Unicode normalisation → whitespace clean-up → Project Gutenberg
-boilerplate → quality filters → exact dedup → near dedup.
+boilerplate (``strip_gutenberg``, from :mod:`lightning_llm.data.documents`, which the classics source
+uses too) → quality filters → exact dedup → near dedup.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from lightning_llm.data.dedup import ExactDedup, NearDedup
+from lightning_llm.data.documents import Document, strip_gutenberg
 from lightning_llm.data.errors import ConfigError
 from lightning_llm.data.filters import quality_filters
-from lightning_llm.data.sources import Document
 
 Step = Callable[[Document], Document | None]
 NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
@@ -41,32 +42,6 @@ def clean_whitespace(text: str) -> str:
     text = _INVISIBLE.sub("", text)
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     return _BLANK_RUN.sub("\n\n\n", text).strip("\n")
-
-
-_GUTENBERG_START = re.compile(
-    r"^\s*\*{3}\s*START OF (?:THIS |THE )?PROJECT GUTENBERG.*$|^\s*\*END\*THE SMALL PRINT!.*$", re.I | re.M
-)
-_GUTENBERG_END = re.compile(
-    r"^\s*\*{3}\s*END OF (?:THIS |THE )?PROJECT GUTENBERG|^\s*End of (?:the |this )?Project Gutenberg",
-    re.I | re.M,
-)
-_PRODUCED_BY = re.compile(r"\A\s*(?:Produced|Prepared|Transcribed) by\b.*?(?:\n\s*\n|\Z)", re.I | re.S)
-
-
-def strip_gutenberg(text: str) -> str:
-    """Cut a Project Gutenberg header and licence off ``text``; text without the markers is unchanged.
-
-    Keeps what lies between the ``*** START OF ... PROJECT GUTENBERG ...`` line (or the older
-    ``*END*THE SMALL PRINT!`` line) and the ``*** END OF ...`` / ``End of Project Gutenberg`` line,
-    minus a leading "Produced by ..." paragraph.
-    """
-    starts = [m for m in _GUTENBERG_START.finditer(text, 0, len(text) // 2 + 1)]
-    begin = starts[-1].end() if starts else 0
-    end = _GUTENBERG_END.search(text, begin)
-    if not starts and end is None:
-        return text
-    body = text[begin : end.start() if end else len(text)]
-    return (_PRODUCED_BY.sub("", body, count=1) if starts else body).strip("\n")
 
 
 @dataclass(frozen=True)

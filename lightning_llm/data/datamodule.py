@@ -11,6 +11,9 @@ under the Trainer, litData issue #775).
 A damaged dataset is refused when the module is created (``integrity.verify_dataset``: marker, indexes,
 chunk files and their sizes and headers, tokenizer), and every batch is checked on the CPU, in the
 loader, for token ids outside the vocabulary (a chunk overwritten in place).
+
+It reads the dataset through :mod:`lightning_llm.data.layout` and ``integrity`` only: training imports
+none of the preparation pipeline (sources, cleaning, dedup, prepare).
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from lightning_llm.data.errors import DataError
-from lightning_llm.data.integrity import DatasetDamaged, damaged, read_marker, verify_dataset
-from lightning_llm.data.prepare import MARKER, TOKENIZER_DIR
+from lightning_llm.data.errors import DataError, DatasetDamaged, damaged
+from lightning_llm.data.integrity import verify_dataset
+from lightning_llm.data.layout import INDEX, MARKER, TOKENIZER_DIR, read_marker
 from lightning_llm.data.tokenizer import Tokenizer, TokenizerError
 
 __all__ = ["DataError", "TokenDataModule", "CheckedCollate", "collate_tokens"]
@@ -116,16 +119,6 @@ class TokenDataModule(L.LightningDataModule):
         """Token ids in the dataset's tokenizer (special tokens included)."""
         return self._tokenizer.vocab_size
 
-    def check_vocab(self, model_vocab_size: int) -> None:
-        """Raise if the model's embedding table cannot hold every token id of this dataset."""
-        if self.vocab_size > model_vocab_size:
-            padded = -(-self.vocab_size // 64) * 64
-            raise DataError(
-                f"The dataset {self.path} uses tokenizer {self._tokenizer.name} with {self.vocab_size} ids, "
-                f"but the model's vocab_size is {model_vocab_size}. Set model.config.vocab_size to at least "
-                f"{self.vocab_size} (e.g. {padded}, a multiple of 64), or link it from data.vocab_size."
-            )
-
     def check_tokenizer(self, expected_fingerprint: str) -> None:
         """Raise if this dataset was tokenized with another tokenizer than ``expected_fingerprint``."""
         actual = self._tokenizer.fingerprint()
@@ -139,7 +132,7 @@ class TokenDataModule(L.LightningDataModule):
 
     def num_blocks(self, split: str) -> int:
         """Items of ``block_size + 1`` tokens in ``split`` (blocks do not span chunk files)."""
-        index = json.loads((self.path / split / "index.json").read_text())
+        index = json.loads((self.path / split / INDEX).read_text())
         return sum(int(c["dim"] or 0) // (self.block_size + 1) for c in index["chunks"])
 
     # -- loaders ------------------------------------------------------------------------------------
@@ -148,7 +141,7 @@ class TokenDataModule(L.LightningDataModule):
         from litdata.streaming.item_loader import TokensLoader
 
         if self.num_blocks(split) == 0:
-            index = json.loads((self.path / split / "index.json").read_text())
+            index = json.loads((self.path / split / INDEX).read_text())
             largest = max((int(c["dim"] or 0) for c in index["chunks"]), default=0)
             raise DataError(
                 f"The {split} split of {self.path} is too small for one block of block_size + 1 = "

@@ -16,7 +16,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 
 if TYPE_CHECKING:
-    from lightning_llm.data.sources import Document
+    from lightning_llm.data.documents import Document
 
 _GOLDEN, _FNV_PRIME, _MIX = (
     np.uint64(0x9E3779B97F4A7C15),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lightning_llm.data.sources import Document
+    from lightning_llm.data.documents import Document
 
 
 # A small English stop-word list, enough to tell running English from lists, code, tables and noise.

@@ -10,71 +10,21 @@ and the few-byte header of each chunk file, never the tokens themselves. What th
 
 Token ids that lie outside the vocabulary (a chunk overwritten in place, same size) are caught when a
 batch is read, by ``TokenDataModule``'s collate function: a vectorised max over the batch on the CPU.
+
+The file names and the marker reader are in :mod:`lightning_llm.data.layout`; ``DatasetDamaged`` and
+``damaged`` in :mod:`lightning_llm.data.errors`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
-from lightning_llm.data.errors import DataError, PrepareError
+from lightning_llm.data.errors import DatasetDamaged, PrepareError, damaged
+from lightning_llm.data.layout import INDEX, SPLITS, read_json
 
-MARKER = "prepared.json"
-INDEX = "index.json"
 _HEADER_ITEM = 4  # litdata TokensLoader chunk: uint32 item count, then count + 1 uint32 byte offsets
-
-
-class DatasetDamaged(DataError):
-    """A prepared dataset whose files do not match what prepare wrote; ``problem`` says what is wrong."""
-
-    problem: str = ""
-
-
-def damaged(path: str | Path, problem: str) -> DatasetDamaged:
-    """The error for a damaged dataset at ``path``: what is wrong, and that prepare rebuilds it."""
-    err = DatasetDamaged(
-        f"The dataset {path} is damaged: {problem}. Re-run prepare to rebuild it: `lightning-llm prepare "
-        f"--output_dir {path}` with the settings that made it (it then finds the damage and rebuilds; "
-        f"with other settings, or where it asks for it, add --overwrite true)."
-    )
-    err.problem = problem
-    return err
-
-
-def read_json(path: Path, dataset: Path) -> Any:
-    """The JSON in ``path``; a file that is not UTF-8 JSON is a damaged dataset."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        reason = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else f"not valid JSON ({err})"
-        raise damaged(dataset, f"{path.relative_to(dataset)} is {reason}") from None
-
-
-def read_marker(directory: str | Path) -> dict[str, Any] | None:
-    """The completion marker of a prepared directory, or None if it has none (not completely prepared).
-
-    Raises ``DatasetDamaged`` for a marker that is not the JSON prepare writes.
-    """
-    directory = Path(directory)
-    path = directory / MARKER
-    if not path.is_file():
-        return None
-    marker = read_json(path, directory)
-    ok = (
-        isinstance(marker, dict)
-        and isinstance(marker.get("fingerprint"), str)
-        and isinstance(marker.get("settings"), dict)
-        and isinstance(marker.get("tokenizer"), dict)
-        and isinstance(marker["tokenizer"].get("fingerprint"), str)
-        and isinstance(marker["tokenizer"].get("vocab_size"), int)
-    )
-    if not ok:
-        raise damaged(
-            directory, f"{MARKER} lacks the fields prepare writes (fingerprint, settings, tokenizer)"
-        )
-    return marker
 
 
 def index_sha256(split_dir: str | Path) -> str:
@@ -140,7 +90,7 @@ def verify_dataset(dataset: str | Path, marker: dict[str, Any], tokenizer_finger
             f"({tokenizer_fingerprint[:12]}, the marker records {marker['tokenizer']['fingerprint'][:12]})",
         )
     recorded = marker.get("splits") or {}  # markers written before the splits were recorded lack it
-    for split in ("train", "val"):
+    for split in SPLITS:
         found = verify_split(dataset, split, int(marker["tokenizer"]["vocab_size"]))
         want = recorded.get(split)
         if not isinstance(want, dict):

@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lightning_llm.data.errors import PrepareError
-
-LOCK_FILE = ".prepare.lock"
+from lightning_llm.data.layout import LOCK_FILE
 
 
 def _try_lock(fd: int) -> bool:

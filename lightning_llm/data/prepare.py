@@ -1,13 +1,7 @@
 """Prepare a corpus for training: read → clean/filter/dedup → split → tokenizer → litdata token shards.
 
-Output layout of ``output_dir``::
-
-    train/  val/      litdata ``optimize`` outputs: documents as token arrays, each ending in <|endoftext|>
-    tokenizer/        the tokenizer (``Tokenizer.load``); for a trained BPE also the HF tokenizer
-    report.json       what was read, removed and written, with timings
-    prepared.json     completion marker: the settings that produced this directory, the tokenizer and
-                      each split's documents, tokens and index sha256 (written last, atomically)
-    .prepare.lock     locked (flock) by the run writing the directory; kept, harmless when unlocked
+The output directory's layout (train/, val/, tokenizer/, report.json, the prepared.json marker, the
+lock file) is described and named in :mod:`lightning_llm.data.layout`.
 
 A complete directory prepared with the same settings is reused (after a cheap check that its files are
 whole, see ``integrity``; a damaged one is rebuilt); one without a marker (an interrupted run) is rebuilt;
@@ -34,15 +28,10 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from lightning_llm.data.clean import CleanConfig, build_pipeline
-from lightning_llm.data.errors import ConfigError, PrepareError
-from lightning_llm.data.integrity import (
-    MARKER,
-    DatasetDamaged,
-    check_written,
-    index_sha256,
-    read_marker,
-    verify_dataset,
-)
+from lightning_llm.data.documents import Document
+from lightning_llm.data.errors import ConfigError, DatasetDamaged, PrepareError
+from lightning_llm.data.integrity import check_written, index_sha256, verify_dataset
+from lightning_llm.data.layout import MARKER, REPORT, SPLITS, STAGING, TOKENIZER_DIR, read_marker
 from lightning_llm.data.locking import atomic_write_text, exclusive
 from lightning_llm.data.shards import (
     ShardWriter,
@@ -52,7 +41,7 @@ from lightning_llm.data.shards import (
     tokenize_shard,
     tokens_in,
 )
-from lightning_llm.data.sources import Document, resolve_source
+from lightning_llm.data.sources import resolve_source
 from lightning_llm.data.tokenizer import (
     HF_TOKENIZER_FILE,
     Tokenizer,
@@ -62,10 +51,6 @@ from lightning_llm.data.tokenizer import (
 )
 from lightning_llm.data.validate import config_problems, parse_bytes
 
-SPLITS = ("train", "val")
-REPORT = "report.json"
-TOKENIZER_DIR = "tokenizer"
-STAGING = ".staging"
 _OWNED = (MARKER, REPORT, *SPLITS, TOKENIZER_DIR, STAGING)  # the only paths prepare deletes; marker first
 
 

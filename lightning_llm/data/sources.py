@@ -6,9 +6,11 @@
 these may be gzipped (``.gz``). A source counts what it read in ``Source.stats`` (files, bytes, bytes
 that were not valid UTF-8, JSON lines that did not parse, ...), which the prepare report shows.
 
-Named sources live in ``lightning_llm.registry.SOURCES``; the built-in one, ``classics``, is in
-``lightning_llm.data.classics``. Third-party sources register through the ``lightning_llm.sources``
-entry-point group::
+:class:`Document`, :class:`Source` and ``decode`` live in :mod:`lightning_llm.data.documents` (re-exported
+here). Named sources live in ``lightning_llm.registry.SOURCES``, whose built-in module is this one: the
+built-in ``classics`` (:mod:`lightning_llm.data.classics`) registers when this module imports it, which
+makes no cycle because classics imports only ``documents`` and the registry. Third-party sources register
+through the ``lightning_llm.sources`` entry-point group::
 
     [project.entry-points."lightning_llm.sources"]
     wiki = "my_package.sources:wiki"     # a factory (**options) -> Source
@@ -22,86 +24,20 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 
+from lightning_llm.data import classics as _classics  # noqa: F401  registers the built-in "classics"
+from lightning_llm.data.documents import Document, Source, decode
 from lightning_llm.registry import SOURCES, accepted_options
 
-STAT_KEYS = (
-    "files",
-    "bytes_read",
-    "documents",
-    "empty_documents",
-    "undecodable_chars",
-    "bad_lines",
-    "missing_field",
-)
-_UTF8_REPLACEMENT = "\ufffd".encode()
+# Document, Source and decode are re-exported from documents, where they live.
+__all__ = ["Document", "FileSource", "READERS", "Source", "decode", "resolve_source"]
+
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-@dataclass(frozen=True)
-class Document:
-    """One unit of text: a file, a JSON Lines record, a book. Documents are separated by end-of-text."""
-
-    text: str
-    source: str  # file path or "<name>:<member>": shown in reports and error messages
-
-
-class Source:
-    """A named stream of documents that can be iterated again and again.
-
-    ``stats`` describes the latest pass through :meth:`documents`: ``files``, ``bytes_read``,
-    ``documents`` (yielded), ``empty_documents`` (skipped), ``undecodable_chars`` (bytes that were not
-    valid UTF-8, replaced by U+FFFD), ``bad_lines`` (JSON that did not parse, skipped),
-    ``missing_field`` (records without a string ``text_field``, skipped). A subclass calls
-    ``super().__init__()`` and implements :meth:`documents` and :meth:`fingerprint`; wrapping its
-    documents in :meth:`_counted` resets and fills the counts.
-    """
-
-    name: str = "source"
-
-    def __init__(self) -> None:
-        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
-
-    def documents(self) -> Iterator[Document]:
-        raise NotImplementedError
-
-    def fingerprint(self) -> str:
-        """A string that changes whenever the data behind this source changes."""
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[Document]:
-        return self.documents()
-
-    def _counted(self, docs: Iterable[Document]) -> Iterator[Document]:
-        """Reset ``stats``, then pass ``docs`` through, counting the non-empty ones and skipping the rest."""
-        self.stats = dict.fromkeys(STAT_KEYS, 0)
-        for doc in docs:
-            if doc.text.strip():
-                self.stats["documents"] += 1
-                yield doc
-            else:
-                self.stats["empty_documents"] += 1
-
-
-def decode(data: bytes, fallback: str | None = None) -> tuple[str, int]:
-    """Decode ``data`` as UTF-8 (dropping a byte-order mark); return the text and the number of bad bytes.
-
-    Bytes that are not valid UTF-8 become U+FFFD and are counted, unless ``fallback`` names an encoding
-    to decode the whole input with instead (``"latin-1"`` where the encoding is known).
-    """
-    try:
-        return data.decode("utf-8-sig"), 0
-    except UnicodeDecodeError:
-        if fallback is not None:
-            return data.decode(fallback), 0
-    text = data.decode("utf-8-sig", errors="replace")
-    return text, text.count("\ufffd") - data.count(_UTF8_REPLACEMENT)
 
 
 # -- readers: (open the file, its name, stats, text_field) -> documents ----------------------------------
@@ -293,10 +229,16 @@ def _local_files(spec: str) -> list[str] | None:
 def resolve_source(spec: str, *, text_field: str = "text", cache_dir: str | None = None) -> Source:
     """The source that ``spec`` names: a path, a directory, a glob, a URL, or a registered source name.
 
-    Local paths win over registered names. Raises ``FileNotFoundError`` saying what was looked for and
-    which registered sources exist when nothing matches.
+    A bare name that is both registered and a path in the working directory is an error (was: the path
+    won, silently); ``./name`` or an absolute path means the path. Raises ``FileNotFoundError`` saying
+    what was looked for and which registered sources exist when nothing matches.
     """
     spec = os.fspath(spec)
+    if spec in SOURCES and Path(spec).exists():
+        raise ValueError(
+            f"--source {spec!r} is both a registered source and a path in {Path.cwd()}. Write ./{spec} for the "
+            f"path, or run prepare from another directory for the registered source."
+        )
     if _URL.match(spec) and not spec.startswith("file://"):
         return _remote_source(spec, text_field)
     local = spec[len("file://") :] if spec.startswith("file://") else spec
@@ -316,7 +258,3 @@ def resolve_source(spec: str, *, text_field: str = "text", cache_dir: str | None
         f"{', '.join(READERS)}, optionally .gz), a glob, a URL (s3://, https://, ...), or a registered "
         f"source: {', '.join(SOURCES.names())}."
     )
-
-
-# The built-in named sources register themselves on import; the registry imports this module lazily.
-from lightning_llm.data import classics as _classics  # noqa: E402, F401

@@ -69,11 +69,6 @@ class Tokenizer:
         """Number of token ids, special tokens included."""
         return self._encoding.n_vocab
 
-    @property
-    def encoding(self) -> tiktoken.Encoding:
-        """The underlying tiktoken encoding."""
-        return self._encoding
-
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
 

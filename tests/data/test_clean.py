@@ -20,11 +20,10 @@ from lightning_llm.data.clean import (
     build_pipeline,
     clean_whitespace,
     config_filters,
-    strip_gutenberg,
     unicode_normalizer,
 )
+from lightning_llm.data.documents import Document, decode, strip_gutenberg
 from lightning_llm.data.filters import RangeFilter
-from lightning_llm.data.sources import Document, decode
 
 PROSE = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, "

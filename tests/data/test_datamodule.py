@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_llm.data.datamodule import DataError, TokenDataModule
-from lightning_llm.data.prepare import MARKER
+from lightning_llm.data.layout import MARKER
 from lightning_llm.data.tokenizer import TokenizerError, gpt2_tokenizer
 
 
@@ -107,12 +107,8 @@ def test_resume_checks_tokenizer_and_block_size(tiny_dataset):
         dm(tiny_dataset).load_state_dict({**state, "tokenizer_fingerprint": gpt2_tokenizer().fingerprint()})
 
 
-def test_vocab_and_tokenizer_checks(tiny_dataset):
+def test_tokenizer_check(tiny_dataset):
     data = dm(tiny_dataset)
-    data.check_vocab(512)
-    data.check_vocab(50304)
-    with pytest.raises(DataError, match="at least 512"):
-        data.check_vocab(256)
     data.check_tokenizer(data.tokenizer.fingerprint())
     with pytest.raises(TokenizerError, match="not with the tokenizer the model was trained with"):
         data.check_tokenizer(gpt2_tokenizer().fingerprint())

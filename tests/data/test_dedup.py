@@ -9,7 +9,7 @@ import pytest
 
 from lightning_llm.data.clean import CleanConfig, build_pipeline
 from lightning_llm.data.dedup import ExactDedup, NearDedup, normalized_key
-from lightning_llm.data.sources import Document
+from lightning_llm.data.documents import Document
 
 
 def _doc(text: str, source: str = "test") -> Document:

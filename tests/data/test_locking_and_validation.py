@@ -7,7 +7,8 @@ import os
 import pytest
 
 from lightning_llm.data.errors import PrepareError
-from lightning_llm.data.locking import LOCK_FILE, atomic_write_text, exclusive
+from lightning_llm.data.layout import LOCK_FILE
+from lightning_llm.data.locking import atomic_write_text, exclusive
 from lightning_llm.data.validate import parse_bytes
 
 

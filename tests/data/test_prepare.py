@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lightning_llm.cli.prepare import build_parser, parse_config, prepare_main
 from lightning_llm.data.clean import CleanConfig, build_pipeline
-from lightning_llm.data.cli import build_parser, parse_config, prepare_main
-from lightning_llm.data.prepare import MARKER, REPORT, PrepareConfig, PrepareError, prepare
+from lightning_llm.data.errors import PrepareError
+from lightning_llm.data.layout import MARKER, REPORT
+from lightning_llm.data.prepare import PrepareConfig, prepare
 from lightning_llm.data.sources import resolve_source
 from lightning_llm.data.tokenizer import Tokenizer, gpt2_tokenizer
 

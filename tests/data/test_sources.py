@@ -21,7 +21,8 @@ from lightning_llm.data.classics import (
     PinnedArchive,
     fetch_archive,
 )
-from lightning_llm.data.sources import Document, FileSource, decode, resolve_source
+from lightning_llm.data.documents import Document, decode
+from lightning_llm.data.sources import FileSource, resolve_source
 from lightning_llm.registry import SOURCES
 
 
@@ -212,3 +213,13 @@ def test_fsspec_url(tmp_path: Path) -> None:
     assert sorted(d.text for d in source.documents()) == ["remote text one", "remote text two"]
     assert source.fingerprint().startswith("files:2:")
     fs.rm("/llm-test", recursive=True)
+
+
+def test_a_name_that_is_also_a_local_path_is_ambiguous(tmp_path: Path, monkeypatch) -> None:
+    """Was: a folder named ``classics`` in the working directory silently replaced the registered corpus."""
+    (tmp_path / "classics").mkdir()
+    (tmp_path / "classics" / "a.txt").write_text("some text\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"'classics' is both a registered source and a path.*\./classics"):
+        resolve_source("classics")
+    assert resolve_source("./classics").name == "classics"  # the explicit path form

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_llm import plugins_cli
-from lightning_llm.plugins_cli import plugins_main
+from lightning_llm.cli import plugins as plugins_cli
+from lightning_llm.cli.plugins import plugins_main
 from lightning_llm.registry import Registry
 
 

@@ -83,7 +83,7 @@ PAUSED_PREPARE = """
 import sys, time
 from pathlib import Path
 import lightning_llm.data.prepare as prep
-from lightning_llm.data.cli import prepare_main
+from lightning_llm.cli.prepare import prepare_main
 
 signals, real = Path(sys.argv[1]), prep._build_tokenizer
 

@@ -149,7 +149,7 @@ def test_checkpoint_with_a_pickled_object_is_refused(ckpt: Path, tmp_path: Path,
 
 
 def test_checkpoints_load_with_weights_only(ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning_llm.sample_cli import load_checkpoint
+    from lightning_llm.cli.generate import load_checkpoint
 
     seen = []
     real_load = torch.load

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_llm import cli
+from lightning_llm.cli import main
+from lightning_llm.cli import train as train_cli
 from lightning_llm.module import LitGPT, NonFiniteLossError, OptimizerConfig, ScheduleConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def _fit_error(tmp_path: Path, data: Path, *args: str) -> str:
         *args,
     ]
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
+        main(argv)
     return str(exit_info.value.code)
 
 
@@ -77,17 +78,41 @@ def test_gpu_accelerator_without_a_gpu(tmp_path, tiny_dataset) -> None:
 
 @pytest.mark.parametrize("url", ["https://example.com/last.ckpt", "s3://bucket/run/last.ckpt"])
 def test_url_ckpt_path_is_refused(tmp_path, tiny_dataset, url, monkeypatch) -> None:
-    monkeypatch.delenv(cli.REMOTE_CKPT_ENV, raising=False)
+    monkeypatch.delenv(train_cli.REMOTE_CKPT_ENV, raising=False)
     msg = _fit_error(tmp_path, tiny_dataset, f"--ckpt_path={url}")
-    assert "is a URL" in msg and "weights_only=False" in msg and cli.REMOTE_CKPT_ENV in msg
+    assert "is a URL" in msg and "weights_only=False" in msg and train_cli.REMOTE_CKPT_ENV in msg
 
 
 def test_weights_only_false_is_refused(tmp_path, tiny_dataset, monkeypatch) -> None:
-    monkeypatch.delenv(cli.REMOTE_CKPT_ENV, raising=False)
+    monkeypatch.delenv(train_cli.REMOTE_CKPT_ENV, raising=False)
     msg = _fit_error(tmp_path, tiny_dataset, "--weights_only=false")
-    assert "full pickle" in msg and cli.REMOTE_CKPT_ENV in msg
-    monkeypatch.setenv(cli.REMOTE_CKPT_ENV, "1")
-    cli.check_checkpoint_source("https://example.com/x.ckpt", False)  # the explicit opt-in
+    assert "full pickle" in msg and train_cli.REMOTE_CKPT_ENV in msg
+    monkeypatch.setenv(train_cli.REMOTE_CKPT_ENV, "1")
+    train_cli.check_checkpoint_source("https://example.com/x.ckpt", False)  # the explicit opt-in
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "missing"])
+def test_a_damaged_ckpt_path_is_refused_before_anything_is_built(tmp_path, tiny_dataset, damage) -> None:
+    """Was: torch's "failed finding central directory" traceback from inside Trainer.fit."""
+    import io
+
+    ckpt = tmp_path / "last.ckpt"
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"w": torch.ones(1000)}}, buf)
+    if damage == "truncated":
+        ckpt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    elif damage == "random":
+        ckpt.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    msg = _fit_error(tmp_path, tiny_dataset, f"--ckpt_path={ckpt}")
+    expected = (
+        "no such file" if damage == "missing" else "is not a readable PyTorch checkpoint: it is truncated"
+    )
+    assert expected in msg and str(ckpt) in msg
+    ckpt.write_bytes(buf.getvalue())
+    train_cli.check_checkpoint_file(ckpt)  # a whole archive passes
+    train_cli.check_checkpoint_file("last")  # Lightning's aliases are Lightning's to resolve
+    with pytest.raises(train_cli.UserError, match="not a distributed checkpoint"):
+        train_cli.check_checkpoint_file(tmp_path)  # a directory without .metadata
 
 
 def test_skip_policy_stops_when_the_model_does_not_recover() -> None:
@@ -149,6 +174,7 @@ def test_too_little_disk_for_one_checkpoint_is_refused_at_start(tmp_path, monkey
     import shutil
     from types import SimpleNamespace
 
+    from lightning_llm.checkpointing import CheckpointWriteError
     from lightning_llm.config import GPTConfig
 
     lit = LitGPT(GPTConfig(vocab_size=64, block_size=8, n_layer=1, n_head=2, n_embd=16))
@@ -158,5 +184,5 @@ def test_too_little_disk_for_one_checkpoint_is_refused_at_start(tmp_path, monkey
     )
     lit._check_disk_space()  # plenty of space here
     monkeypatch.setattr(shutil, "disk_usage", lambda p: SimpleNamespace(free=1024))
-    with pytest.raises(ValueError, match="has 0 MiB free but one checkpoint of this model needs"):
+    with pytest.raises(CheckpointWriteError, match="has 0 MiB free but one checkpoint of this model needs"):
         lit._check_disk_space()

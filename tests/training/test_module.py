@@ -211,7 +211,7 @@ def test_resume_with_other_config_is_refused(tiny_dataset, tmp_path):
 
 
 def test_checkpoint_carries_config_and_tokenizer(tiny_dataset, tmp_path):
-    from lightning_llm.sample_cli import load_checkpoint
+    from lightning_llm.cli.generate import load_checkpoint
 
     lit, dm = make(tiny_dataset)
     ckpt = ModelCheckpoint(dirpath=tmp_path / "d", save_last=True, every_n_train_steps=2)
@@ -290,3 +290,43 @@ def test_atomic_checkpoint_keeps_the_old_file_when_a_write_fails(tmp_path, monke
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["step"] == 1  # the last good checkpoint, intact
     assert list(tmp_path.iterdir()) == [path]  # no partial file left behind
+
+
+def test_datamodule_contract_is_declared_not_duck_typed(caplog) -> None:
+    """LitGPT reads batch_size, vocab_size and tokenizer through the TokenData protocol: a datamodule with
+    them is checked and its tokenizer saved; one without trains, and the module says what it skips."""
+    import logging
+    from types import SimpleNamespace
+
+    from lightning_llm.module import TokenData
+
+    tok = SimpleNamespace(name="bpe-600", to_dict=lambda: {"kind": "test"})
+    good = SimpleNamespace(batch_size=4, vocab_size=600, tokenizer=tok)
+    assert isinstance(good, TokenData)
+    lit = LitGPT(GPTConfig(vocab_size=640, block_size=8, n_layer=1, n_head=2, n_embd=16), global_batch_size=8)
+    lit.trainer = SimpleNamespace(datamodule=good, world_size=1, accumulate_grad_batches=1)
+    lit.setup("fit")
+    assert lit.trainer.accumulate_grad_batches == 2
+    small = LitGPT(GPTConfig(vocab_size=512, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    small.trainer = SimpleNamespace(datamodule=good, world_size=1)
+    with pytest.raises(
+        ValueError, match=r"bpe-600\) has 600 ids, but model.config.vocab_size is 512.*e.g. 640"
+    ):
+        small.setup("fit")
+
+    plain = SimpleNamespace(batch_size=4)  # no vocab_size / tokenizer: not TokenData
+    lit.trainer = SimpleNamespace(datamodule=plain, world_size=1, accumulate_grad_batches=1)
+    with (
+        caplog.at_level(logging.INFO),
+        pytest.raises(ValueError, match="need a datamodule with a batch_size"),
+    ):
+        lit.setup("fit")
+    assert "checkpoints carry no tokenizer" in caplog.text
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda ok, all: ok)
+    lit.trainer = SimpleNamespace(datamodule=plain, strategy=strategy)
+    ckpt: dict = {"state_dict": {}}
+    lit.on_save_checkpoint(ckpt)
+    assert "tokenizer" not in ckpt
+    lit.token_data = good
+    lit.on_save_checkpoint(ckpt)
+    assert ckpt["tokenizer"] == {"kind": "test"}

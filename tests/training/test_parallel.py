@@ -1,7 +1,12 @@
-"""parallel.py on 2 CPU processes with gloo: tensor parallel and FSDP2 compute what the plain model computes."""
+"""parallel.py on 2 CPU processes with gloo: tensor parallel and FSDP2 compute what the plain model computes.
+
+``tp-plugin-mlp`` shards a plugin MLP whose layers are not named like the built-ins': the plan comes from
+its declared residual projection, not from a layer called ``proj``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 
@@ -9,10 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
 
+from lightning_llm.components.mlp import FeedForward
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
 from lightning_llm.parallel import apply_activation_checkpointing, apply_fsdp2, apply_tensor_parallel
+from lightning_llm.registry import MLP
 
 CFG = GPTConfig(
     vocab_size=96,
@@ -28,6 +37,22 @@ CFG = GPTConfig(
 )
 
 
+class GatedMLP(FeedForward):
+    """A plugin MLP named unlike the built-ins: w_out(silu(w_gate(x)) * w_in(x))."""
+
+    def __init__(self, dim: int, hidden_dim: int, *, bias: bool = False, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(dim, hidden_dim, bias=bias)
+        self.w_in = nn.Linear(dim, hidden_dim, bias=bias)
+        self.w_out = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_out(F.silu(self.w_gate(x)) * self.w_in(x))
+
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.w_out]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,13 +65,17 @@ def _worker(rank: int, port: int, mode: str, queue) -> None:
     try:
         from torch.distributed.device_mesh import init_device_mesh
 
+        cfg = CFG
+        if mode == "tp-plugin-mlp":  # registered in this worker process only
+            MLP.register("test-gated", GatedMLP)
+            cfg = dataclasses.replace(CFG, mlp="test-gated")
         torch.manual_seed(0)
-        ref = GPT(CFG)
-        model = GPT(CFG)
+        ref = GPT(cfg)
+        model = GPT(cfg)
         model.load_state_dict(ref.state_dict())
-        idx = torch.randint(0, CFG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+        idx = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
         mesh = init_device_mesh("cpu", (2,))
-        if mode == "tp":
+        if mode.startswith("tp"):
             apply_tensor_parallel(model, mesh)
         else:
             apply_activation_checkpointing(model)
@@ -63,7 +92,7 @@ def _worker(rank: int, port: int, mode: str, queue) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["tp", "fsdp2+ac"])
+@pytest.mark.parametrize("mode", ["tp", "tp-plugin-mlp", "fsdp2+ac"])
 def test_parallel_model_matches_plain_model(mode):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

@@ -76,3 +76,24 @@ def test_speed_monitor_given_peak_is_said_to_be_given(caplog) -> None:
     with caplog.at_level(logging.INFO):
         SpeedMonitor(peak_flops=1e12).on_fit_start(trainer, None)  # type: ignore[arg-type]
     assert "1.0 TFLOP/s per device (given (speed.peak_flops))" in caplog.text
+
+
+def test_speed_monitor_mfu_uses_the_flops_of_the_built_model() -> None:
+    """GPT-2 124M at T = 1024: 855,383,040 FLOPs/token (6 x 123.69M + 12 L C T), counted on a meta build."""
+    from lightning_llm.config import GPTConfig
+
+    logged: dict[str, float] = {}
+    pl_module = SimpleNamespace(config=GPTConfig(), log_dict=lambda d, **kw: logged.update(d))
+    trainer = SimpleNamespace(
+        global_step=10,
+        accumulate_grad_batches=1,
+        device_ids=[],
+        world_size=1,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
+    monitor = SpeedMonitor(peak_flops=1e12, log_every_n_steps=10)
+    batch = torch.zeros(2, 1025, dtype=torch.long)
+    monitor.on_train_batch_start(trainer, pl_module, batch, 0)  # type: ignore[arg-type]
+    monitor.on_train_batch_end(trainer, pl_module, None, batch, 0)  # type: ignore[arg-type]
+    tps = logged["perf/tokens_per_s_device"]
+    assert logged["perf/mfu"] == pytest.approx(855_383_040.0 * tps / 1e12, rel=1e-12)

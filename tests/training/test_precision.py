@@ -36,3 +36,38 @@ def test_native_bf16_or_opt_in_keeps_bf16(monkeypatch: pytest.MonkeyPatch) -> No
 def test_slowdown_is_measured_here() -> None:
     ratio = precision.cpu_bf16_slowdown()
     assert 0.01 < ratio < 1000  # a real measurement, whatever this CPU is
+
+
+def test_fsdp_param_dtype_follows_the_precision_string() -> None:
+    assert precision.fsdp_param_dtype("bf16-mixed") is torch.bfloat16
+    assert precision.fsdp_param_dtype("16-mixed") is torch.float16
+    assert precision.fsdp_param_dtype("32-true") is None
+    assert precision.fsdp_param_dtype("bf16-true") is None  # parameters already are bf16
+    with pytest.raises(ValueError, match="Unknown precision 'bf17-mixed'"):
+        precision.fsdp_param_dtype("bf17-mixed")
+
+
+def test_device_precision_checks() -> None:
+    with pytest.raises(ValueError, match="16-mixed needs a GPU"):
+        precision.check_device_precision("16-mixed", on_cpu=True)
+    with pytest.raises(ValueError, match="no bfloat16; use 16-mixed"):
+        precision.check_device_precision("bf16-mixed", on_cpu=False, gpu_has_bf16=False)
+    precision.check_device_precision("bf16-mixed", on_cpu=True)  # emulated or native: decided at fit
+    precision.check_device_precision("16-mixed", on_cpu=False)
+
+
+def test_parallelize_takes_arguments_not_the_lightning_module() -> None:
+    """The single-device path: compile and checkpointing from plain arguments; a meta model is materialised."""
+    from lightning_llm.config import GPTConfig
+    from lightning_llm.model import GPT
+    from lightning_llm.parallel import parallelize
+
+    cfg = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    parallelize(model, device=torch.device("cpu"), activation_checkpointing=True)
+    assert not any(p.is_meta for p in model.parameters())
+    assert all(type(b).__name__ == "CheckpointWrapper" for b in model.blocks)
+    assert model.wte.weight.std().item() == pytest.approx(cfg.init_std, rel=0.2)
+    with pytest.raises(ValueError, match="tensor_parallel needs trainer.strategy=ModelParallelStrategy"):
+        parallelize(GPT(cfg), device=torch.device("cpu"), tensor_parallel=True)

@@ -37,7 +37,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def choose_dtype(name: str, device_type: str, bf16_supported: bool) -> tuple[torch.dtype, str]:
-    """The dtype ``generate`` runs in on ``device_type`` for ``--dtype name``, and why (pure: no device query).
+    """The dtype to sample in on ``device_type`` for ``--dtype name``, and why (pure: no device query).
 
     ``auto``: bfloat16 on a GPU that has it (``bf16_supported``), else float16 on a GPU; float32 on the CPU.
     An explicit dtype is taken as asked, except bfloat16 on a GPU without it (an error). float16 on the CPU
@@ -233,7 +233,7 @@ def load_checkpoint(
     return model, Tokenizer.from_dict(ckpt["tokenizer"])
 
 
-def generate(
+def sample(
     ckpt_path: str,
     prompt: str = "\n",
     max_new_tokens: int | None = None,
@@ -314,6 +314,7 @@ def generate(
 
 
 def generate_main(argv: list[str] | None = None) -> None:
+    """Entry point of ``lightning-llm generate``: ``sample``'s arguments as options."""
     from jsonargparse import CLI
 
-    CLI(generate, args=argv, as_positional=False)
+    CLI(sample, args=argv, as_positional=False)

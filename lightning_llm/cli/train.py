@@ -1,4 +1,9 @@
-"""``lightning-llm``: LightningCLI subcommands (fit, validate, test) plus prepare, generate, plugins, bench."""
+"""``lightning-llm fit|validate|test``: the LightningCLI and the checks it runs before it builds.
+
+Each check turns a mistake Lightning would report deep inside its setup (or not at all) into one ``UserError``
+paragraph: a precision or accelerator the machine cannot do, an unsafe checkpoint source, a new run that
+would write over another's checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-USAGE = """usage: lightning-llm <command> [options]
-
-commands:
-  fit        train a model            (lightning-llm fit --config configs/quickstart.yaml)
-  validate   evaluate a checkpoint    (lightning-llm validate --config ... --ckpt_path ...)
-  test       run the test loop
-  prepare    build a tokenized dataset (lightning-llm prepare --config configs/data/classics.yaml)
-  generate   sample text from a checkpoint (lightning-llm generate --ckpt_path ... --prompt "...")
-  plugins    list registered components and whether they run here
-  bench      benchmarks: attention | train | data | generate
-
-Run `lightning-llm <command> --help` for the options of a command."""
-
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-
-
-class UserError(ValueError):
-    """Bad input from the command line or a config: printed as one paragraph, without a traceback."""
+from lightning_llm.cli import UserError
 
 
 def _on_cpu(accelerator: str) -> bool:
@@ -34,20 +22,17 @@ def _on_cpu(accelerator: str) -> bool:
 
 
 def check_precision(precision: str, accelerator: str) -> None:
-    """Refuse a precision the device cannot do (Lightning would silently switch 16-bit to bf16 on CPU)."""
+    """Refuse a precision the chosen device cannot do (see ``lightning_llm.precision``)."""
     import torch
 
+    from lightning_llm.precision import check_device_precision
+
     on_cpu = _on_cpu(accelerator)
-    if on_cpu and precision in ("16-mixed", "16-true", "16", "transformer-engine"):
-        raise UserError(
-            f"trainer.precision={precision} needs a GPU; this run is on the CPU. "
-            "Use --trainer.precision bf16-mixed (or bf16-true, 32-true) on CPU."
-        )
-    if precision.startswith("bf16") and accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-        if not torch.cuda.is_bf16_supported():
-            raise UserError(
-                f"trainer.precision={precision}: this GPU has no bfloat16; use 16-mixed or 32-true."
-            )
+    gpu_bf16 = on_cpu or not torch.cuda.is_available() or torch.cuda.is_bf16_supported()
+    try:
+        check_device_precision(precision, on_cpu, gpu_has_bf16=gpu_bf16)
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 REMOTE_CKPT_ENV = "LIGHTNING_LLM_ALLOW_UNSAFE_CHECKPOINTS"
@@ -84,6 +69,38 @@ def check_checkpoint_source(ckpt_path: object, weights_only: object) -> None:
         )
 
 
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_file(ckpt_path: object) -> None:
+    """A ``--ckpt_path`` file must exist and be a whole PyTorch archive (a zip whose central directory, at
+    the end of the file, is intact), checked before anything is built: Lightning would raise torch's
+    "failed finding central directory" from deep inside fit. A directory must be a distributed checkpoint."""
+    import zipfile
+
+    path = str(ckpt_path or "")
+    if not path or path in LIGHTNING_CKPT_ALIASES or path.startswith("registry:") or "://" in path:
+        return
+    if Path(path).is_dir():  # a distributed checkpoint (FSDP2 / ModelParallelStrategy): one file per rank
+        if not (Path(path) / ".metadata").is_file():
+            raise UserError(
+                f"--ckpt_path {path} is a directory but not a distributed checkpoint (it has no .metadata): "
+                "point it at a .ckpt file, or at a checkpoint directory written by an FSDP2 run."
+            )
+        return
+    if not Path(path).is_file():
+        raise UserError(
+            f"--ckpt_path {path}: no such file. Use --ckpt_path last to resume the newest checkpoint of the "
+            "run in --trainer.default_root_dir, or give the path of a .ckpt file."
+        )
+    if not zipfile.is_zipfile(path):
+        raise UserError(
+            f"--ckpt_path {path} is not a readable PyTorch checkpoint: it is truncated (an interrupted copy or "
+            "download), corrupt, or not a checkpoint at all. Resume from another .ckpt of the run (checkpoints/ "
+            "keeps last.ckpt and the periodic ones), or start a new run without --ckpt_path."
+        )
+
+
 def _place_outputs(cfg: Any, subcommand: str | None) -> None:
     """Every output of a run under one directory, ``trainer.default_root_dir``, unless a path is given:
     checkpoints in ``<root>/checkpoints``, metrics.csv, config.yaml and loss.png in ``<root>``. A new fit
@@ -110,6 +127,12 @@ def _place_outputs(cfg: Any, subcommand: str | None) -> None:
         )
 
 
+def train_main(argv: list[str]) -> None:
+    """``lightning-llm fit|validate|test ...``: ``argv`` starts with the subcommand."""
+    _configure_allocator()
+    _lightning_cli(argv)
+
+
 def _lightning_cli(argv: list[str]) -> None:
     from jsonargparse import set_parsing_settings
 
@@ -119,18 +142,19 @@ def _lightning_cli(argv: list[str]) -> None:
 
     from lightning_llm.callbacks import LossCurvePlot, ProgressBar, SpeedMonitor
     from lightning_llm.checkpointing import AtomicCheckpointIO, InterruptNotice
+    from lightning_llm.config import pad_vocab_size
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
     from lightning_llm.runlog import MetricsHistory
-
-    def pad_vocab(n: int) -> int:
-        return (n + 63) // 64 * 64  # a multiple of 64 keeps the head's matmul fast
 
     class LLMCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
             parser.link_arguments("model.config.block_size", "data.block_size")
             parser.link_arguments(
-                "data.vocab_size", "model.config.vocab_size", compute_fn=pad_vocab, apply_on="instantiate"
+                "data.vocab_size",
+                "model.config.vocab_size",
+                compute_fn=pad_vocab_size,
+                apply_on="instantiate",
             )
             parser.set_defaults(
                 {
@@ -174,6 +198,7 @@ def _lightning_cli(argv: list[str]) -> None:
             check_precision(str(cfg.trainer.precision), str(cfg.trainer.accelerator))
             check_device(str(cfg.trainer.accelerator))
             check_checkpoint_source(cfg.get("ckpt_path"), cfg.get("weights_only"))
+            check_checkpoint_file(cfg.get("ckpt_path"))
             _place_outputs(cfg, self.subcommand)
             if self.subcommand == "fit":
                 from lightning_llm.checkpointing import check_writable
@@ -207,54 +232,8 @@ def _lightning_cli(argv: list[str]) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-llm`` console script and ``python -m lightning_llm``."""
-    import os
-    import traceback
-
-    try:
-        _main(argv)
-    except KeyboardInterrupt:
-        sys.exit("Interrupted. The last checkpoint written is intact; resume with --ckpt_path last.")
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        frames = traceback.extract_tb(err.__traceback__)
-        ours = bool(frames) and "lightning_llm" in frames[-1].filename
-        if os.environ.get("LIGHTNING_LLM_DEBUG") or not (ours or isinstance(err, UserError)):
-            raise
-        sys.exit(f"error: {err}\n(set LIGHTNING_LLM_DEBUG=1 to see the traceback)")
-
-
-def _main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    cmd, rest = argv[0], argv[1:]
-    if cmd in LIGHTNING_COMMANDS:
-        _configure_allocator()
-        _lightning_cli(argv)
-    elif cmd == "prepare":
-        from lightning_llm.data.cli import prepare_main
-
-        prepare_main(rest)
-    elif cmd == "generate":
-        from lightning_llm.sample_cli import generate_main
-
-        generate_main(rest)
-    elif cmd == "plugins":
-        from lightning_llm.plugins_cli import plugins_main
-
-        plugins_main(rest)
-    elif cmd == "bench":
-        _bench(rest)
-    else:
-        sys.exit(f"lightning-llm: unknown command {cmd!r}\n\n{USAGE}")
-
-
 def _configure_allocator() -> None:
     """Keep freed host memory for reuse (see ``lightning_llm.allocator``); say so once, on rank 0."""
-    import os
-
     from lightning_llm.allocator import ENV_VAR, configure_allocator
 
     mode = configure_allocator()
@@ -263,21 +242,3 @@ def _configure_allocator() -> None:
             f"lightning-llm: host allocator keeps freed memory for reuse ({ENV_VAR}=system to turn off)",
             file=sys.stderr,
         )
-
-
-BENCHES = ("attention", "train", "data", "generate")
-
-
-def _bench(argv: list[str]) -> None:
-    if not argv or argv[0] not in BENCHES:
-        sys.exit(f"usage: lightning-llm bench {{{'|'.join(BENCHES)}}} [options]")
-    # benchmarks/ lives next to the package in a source checkout (editable install), not inside it
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks").is_dir():
-        sys.exit(
-            "lightning-llm bench needs a source checkout: benchmarks/ is not installed with the package."
-        )
-    sys.path.insert(0, str(root))
-    import importlib
-
-    importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
