@@ -223,7 +223,8 @@ def nan_guard_never_saves_poison(b):
 @case
 def nan_skip_is_bounded(b):
     r = b.fit("nan2", "--trainer.max_steps=20", "--model.optimizer.lr=1e6", "--model.on_nonfinite_loss=skip")
-    return "error", r, ["skipped"]
+    # stops either at 3 skips in a row or at the first save of non-finite weights, whichever comes first
+    return "error", r, ["non-finite", "intact"]
 
 
 @case
