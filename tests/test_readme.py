@@ -63,3 +63,24 @@ def test_readme_component_table_matches_registries():
     for reg in (ATTENTION, POSITIONAL, NORM, MLP):
         for name in reg.names():
             assert f"`{name}`" in README, f"{reg.kind} '{name}' is registered but not in the README table"
+
+
+def test_readme_mlp_plugin_example_builds_with_the_right_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "Write your own plugin" MLP runs as printed: any layer names, the residual init from its contract."""
+    import torch
+
+    from lightning_llm.config import GPTConfig
+    from lightning_llm.model import GPT
+    from lightning_llm.registry import MLP
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "ReluSquared" in b)
+    MLP.names()  # built-ins and plugins into the real table, then register into a copy of it
+    monkeypatch.setattr(MLP, "_entries", dict(MLP._entries))
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=8, n_head=2, n_embd=256, mlp="relu2"))
+    mlp = model.blocks[0].mlp
+    assert mlp.w_out.weight.double().std().item() == pytest.approx(0.02 / (2 * 8) ** 0.5, rel=0.05)
+    assert mlp.w_in.weight.double().std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.blocks[0].tp_plan()["mlp.w_out"] == "rowwise"
+    assert model(torch.randint(0, 64, (2, 8))).shape == (2, 8, 64)
