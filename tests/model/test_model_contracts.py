@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from plugin_mlp import GatedMLP
 from torch import nn
 
 from lightning_llm.components.mlp import FeedForward
@@ -23,23 +24,6 @@ from lightning_llm.registry import MLP, NORM, ComponentError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = dict(vocab_size=64, block_size=16, n_layer=2, n_head=4, n_embd=32, bias=False)
-
-
-class GatedMLP(FeedForward):
-    """A plugin MLP named unlike the built-ins: w_out(silu(w_gate(x)) * w_in(x))."""
-
-    def __init__(self, dim: int, hidden_dim: int, *, bias: bool = False, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.w_gate = nn.Linear(dim, hidden_dim, bias=bias)
-        self.w_in = nn.Linear(dim, hidden_dim, bias=bias)
-        self.w_out = nn.Linear(hidden_dim, dim, bias=bias)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.w_out(F.silu(self.w_gate(x)) * self.w_in(x)))
-
-    def residual_projections(self) -> list[nn.Linear]:
-        return [self.w_out]
 
 
 class UndeclaredMLP(GatedMLP):

@@ -14,10 +14,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
-from torch import nn
+from plugin_mlp import GatedMLP
 
-from lightning_llm.components.mlp import FeedForward
 from lightning_llm.config import GPTConfig
 from lightning_llm.model import GPT
 from lightning_llm.parallel import apply_activation_checkpointing, apply_fsdp2, apply_tensor_parallel
@@ -35,22 +33,6 @@ CFG = GPTConfig(
     norm="rmsnorm",
     mlp="swiglu",
 )
-
-
-class GatedMLP(FeedForward):
-    """A plugin MLP named unlike the built-ins: w_out(silu(w_gate(x)) * w_in(x))."""
-
-    def __init__(self, dim: int, hidden_dim: int, *, bias: bool = False, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.w_gate = nn.Linear(dim, hidden_dim, bias=bias)
-        self.w_in = nn.Linear(dim, hidden_dim, bias=bias)
-        self.w_out = nn.Linear(hidden_dim, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w_out(F.silu(self.w_gate(x)) * self.w_in(x))
-
-    def residual_projections(self) -> list[nn.Linear]:
-        return [self.w_out]
 
 
 def _free_port() -> int:
