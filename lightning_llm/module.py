@@ -275,8 +275,19 @@ class LitGPT(L.LightningModule):
         self.val_ppl.update(logits.float(), y)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
-        self.log("val/ppl", self.val_ppl.compute(), prog_bar=True, sync_dist=False)
+        self._log_eval("val")
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        """The validation computation on the test loader (``lightning-llm test``)."""
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _log_eval(self, prefix: str) -> None:
+        # the metrics sync over ranks in compute(); Lightning need not reduce them again
+        self.log(f"{prefix}/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
+        self.log(f"{prefix}/ppl", self.val_ppl.compute(), prog_bar=True, sync_dist=False)
         self.val_loss.reset()
         self.val_ppl.reset()
 

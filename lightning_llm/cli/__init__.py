@@ -57,7 +57,13 @@ COMMANDS: tuple[Command, ...] = (
         "lightning-llm validate --config ... --ckpt_path ...",
         gets_name=True,
     ),
-    Command("test", "train", "train_main", "run the test loop", gets_name=True),
+    Command(
+        "test",
+        "train",
+        "train_main",
+        "score a checkpoint on the validation split (prepare writes no test split)",
+        gets_name=True,
+    ),
     Command(
         "prepare",
         "prepare",
@@ -71,6 +77,20 @@ COMMANDS: tuple[Command, ...] = (
         "generate_main",
         "sample text from a checkpoint",
         'lightning-llm generate --ckpt_path ... --prompt "..."',
+    ),
+    Command(
+        "export",
+        "export",
+        "export_main",
+        "write a checkpoint as a Hugging Face transformers directory (GPT-2/Llama)",
+        "lightning-llm export --ckpt_path ... --to hf --out DIR",
+    ),
+    Command(
+        "import",
+        "hf_import",
+        "import_main",
+        "read a transformers GPT-2/Llama directory into a checkpoint",
+        "lightning-llm import --from DIR --out imported.ckpt",
     ),
     Command("plugins", "plugins", "plugins_main", "list registered components and whether they run here"),
     Command(

@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_llm.data.errors import DataError, DatasetDamaged, damaged
 from lightning_llm.data.integrity import verify_dataset
@@ -178,6 +179,14 @@ class TokenDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> Any:
         """Validation batches in order (never shuffled)."""
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> Any:
+        """``lightning-llm test`` scores the validation split: prepare writes train and val only (said once)."""
+        rank_zero_info(
+            f"test: {self.path} has train and val splits only (prepare writes no test split); "
+            "testing on the validation split."
+        )
         return self._loader("val", shuffle=False)
 
     # -- checkpointing ------------------------------------------------------------------------------

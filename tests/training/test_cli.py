@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,28 @@ def test_quickstart_fit_then_generate(tiny_dataset, tmp_path):
     out, again = (cli(*args, cwd=tmp_path) for _ in range(2))
     assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:") + 5
     assert again.stdout == out.stdout  # seeded
+
+    # validate and test score the checkpoint (test on the validation split, and says so)
+    scores = {}
+    for sub in ("validate", "test"):
+        proc = cli(
+            sub,
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            f"--data.path={tiny_dataset}",
+            *TINY,
+            f"--trainer.default_root_dir={tmp_path / sub}",
+            "--trainer.limit_test_batches=2",  # the batches validation saw (TINY: limit_val_batches=2)
+            f"--ckpt_path={last}",
+            cwd=tmp_path,
+        )
+        prefix = "val" if sub == "validate" else "test"
+        found = re.search(rf"{prefix}/loss\D+?([0-9]+\.[0-9]+)", proc.stdout)
+        assert found, proc.stdout[-2000:]
+        scores[sub] = float(found.group(1))
+    assert "testing on the validation split" in proc.stderr + proc.stdout
+    assert scores["test"] == pytest.approx(scores["validate"], rel=1e-4)
+    assert scores["validate"] == pytest.approx(vloss[-1], rel=1e-3)  # the last validation of fit
 
 
 def test_unknown_yaml_key_fails_before_training(tiny_dataset, tmp_path):
