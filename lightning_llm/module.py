@@ -53,6 +53,9 @@ class LitGPT(L.LightningModule):
             "skip" drops that step's update and continues (single process only).
         max_skipped_steps: With "skip", stop the run once more steps than this were skipped in all, or
             3 in a row (a model that keeps producing NaN is not recovering).
+        init_weights: Start from the weights of this checkpoint (e.g. made by ``lightning-llm import``, or
+            another run's), at step 0 with a fresh optimizer; its architecture and tokenizer must match this
+            run's. Ignored when resuming with --ckpt_path (the run's own checkpoint wins, and says so).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class LitGPT(L.LightningModule):
         tensor_parallel: bool = False,
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
         max_skipped_steps: int = 20,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         if global_batch_size is not None and global_batch_tokens is not None:
@@ -94,6 +98,7 @@ class LitGPT(L.LightningModule):
                 "tensor_parallel": tensor_parallel,
                 "on_nonfinite_loss": on_nonfinite_loss,
                 "max_skipped_steps": max_skipped_steps,
+                "init_weights": init_weights,
             }
         )
         self.global_batch_size = global_batch_size
@@ -103,6 +108,8 @@ class LitGPT(L.LightningModule):
         self.tensor_parallel = tensor_parallel
         self.on_nonfinite_loss = on_nonfinite_loss
         self.max_skipped_steps = max_skipped_steps
+        self.init_weights = init_weights
+        self._warm_started = False
         self.skipped_in_a_row = 0
         self.model: GPT | None = None
         self.token_data: TokenData | None = None  # the trainer's datamodule, if it is one (set in ``setup``)
@@ -226,6 +233,7 @@ class LitGPT(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._check_disk_space()
+        self._warm_start()
         if self.on_nonfinite_loss == "skip" and self.device.type != "cpu":
             rank_zero_info(
                 "on_nonfinite_loss=skip reads every step's loss on the host (one synchronisation per step); "
@@ -251,7 +259,28 @@ class LitGPT(L.LightningModule):
         if self.trainer.global_step % every == 0:
             self._raise_if_nonfinite()
 
+    def _warm_start(self) -> None:
+        """Load ``init_weights`` once, after the model is built and sharded, unless a checkpoint was restored."""
+        if self.init_weights is None or self._warm_started:
+            return
+        self._warm_started = True
+        if self.trainer.ckpt_path is not None:
+            rank_zero_info(
+                f"init_weights ({self.init_weights}) is not loaded: the weights come from --ckpt_path "
+                f"{self.trainer.ckpt_path}."
+            )
+            return
+        from lightning_llm.warm_start import load_initial_weights
+
+        tokenizer = self.token_data.tokenizer if self.token_data is not None else None
+        rank_zero_info(load_initial_weights(self.model, self.init_weights, tokenizer))
+
+    def on_test_start(self) -> None:
+        self._warm_start()
+
     def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "validate":
+            self._warm_start()
         self._raise_if_nonfinite()
 
     def _raise_if_nonfinite(self) -> None:
@@ -409,6 +438,13 @@ class LitGPT(L.LightningModule):
         )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and "optimizer_states" not in checkpoint:
+            raise ValueError(
+                "--ckpt_path resumes a run, but this checkpoint holds weights only (no optimizer state or "
+                "step), e.g. one made by lightning-llm import. To train from its weights, start a new run "
+                "with --model.init_weights <that file> instead of --ckpt_path."
+            )
         saved = checkpoint.get("model_config")
         if saved is None:
             return

@@ -1,0 +1,88 @@
+"""``--model.init_weights``: a new run starts from another checkpoint's weights (e.g. an imported model)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from test_cli import ROOT, TINY, cli, fit
+
+from lightning_llm.config import GPTConfig
+from lightning_llm.data.tokenizer import Tokenizer, gpt2_tokenizer
+from lightning_llm.warm_start import WarmStartError, check_config, check_tokenizer, grow_vocab
+
+
+def test_grow_vocab_keeps_old_rows_and_fills_new_ones_with_their_mean() -> None:
+    wte = torch.randn(5, 3, dtype=torch.float64)
+    head = torch.randn(5, 3, dtype=torch.float64)
+    state = {"wte.weight": wte, "lm_head.weight": head, "norm_f.weight": torch.ones(3)}
+    assert grow_vocab(state, 8) == 3
+    for key, old in (("wte.weight", wte), ("lm_head.weight", head)):
+        assert state[key].shape == (8, 3)
+        assert torch.equal(state[key][:5], old)
+        torch.testing.assert_close(state[key][5:], old.mean(0).expand(3, 3))
+    assert grow_vocab(state, 8) == 0  # already that size
+
+
+def test_an_architecture_change_is_refused_with_the_overrides_that_fit() -> None:
+    saved = GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=64, norm="rmsnorm", bias=False)
+    # the kernel, dropout and a larger (padded) vocabulary are free to differ
+    check_config(
+        saved, GPTConfig(**{**saved.to_dict(), "attention": "naive", "dropout": 0.1, "vocab_size": 128}), "x"
+    )
+    with pytest.raises(
+        WarmStartError, match=r"n_layer: checkpoint 2 vs this run 3.*--model.config.n_layer 2"
+    ):
+        check_config(saved, GPTConfig(**{**saved.to_dict(), "n_layer": 3}), "x")
+    with pytest.raises(WarmStartError, match="vocab_size: checkpoint 64 vs this run 32"):
+        check_config(saved, GPTConfig(**{**saved.to_dict(), "vocab_size": 32}), "x")
+
+
+def test_a_dataset_with_another_tokenizer_is_refused(tiny_dataset) -> None:
+    gpt2, bpe = gpt2_tokenizer(), Tokenizer.load(tiny_dataset / "tokenizer")
+    check_tokenizer(gpt2.to_dict(), gpt2, "x.ckpt")
+    with pytest.raises(WarmStartError, match="same ids would mean different text"):
+        check_tokenizer(gpt2.to_dict(), bpe, "x.ckpt")
+
+
+@pytest.mark.slow
+def test_an_exported_then_imported_model_validates_like_the_original(tiny_dataset, tmp_path) -> None:
+    """fit -> export to transformers -> import -> validate/fit from init_weights: the same model."""
+    pytest.importorskip("transformers")
+    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=4", "--trainer.val_check_interval=4")
+    last = tmp_path / "ckpt" / "last.ckpt"
+    cli("export", "--ckpt_path", str(last), "--to", "hf", "--out", str(tmp_path / "hf"), cwd=tmp_path)
+    imported = tmp_path / "imported.ckpt"
+    cli("import", "--from", str(tmp_path / "hf"), "--out", str(imported), cwd=tmp_path)
+
+    def validate(*extra: str) -> tuple[float, str]:
+        proc = cli(
+            "validate",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            f"--data.path={tiny_dataset}",
+            *TINY,
+            f"--trainer.default_root_dir={tmp_path / 'validate'}",
+            *extra,
+            cwd=tmp_path,
+        )
+        return float(re.search(r"val/loss\D+?([0-9]+\.[0-9]+)", proc.stdout).group(1)), proc.stderr
+
+    original, _ = validate(f"--ckpt_path={last}")
+    warm, log = validate(f"--model.init_weights={imported}")
+    assert "Starting from the weights of" in log
+    assert warm == pytest.approx(original, rel=1e-5)
+
+    # fit starts from them (step 0), and a weights-only file given to --ckpt_path points to init_weights
+    (tmp_path / "warm").mkdir(), (tmp_path / "bad").mkdir()
+    proc = fit(
+        tmp_path / "warm",
+        tiny_dataset,
+        "quickstart.yaml",
+        "--trainer.max_steps=1",
+        f"--model.init_weights={imported}",
+    )
+    assert "Starting from the weights of" in proc.stderr
+    refused = fit(tmp_path / "bad", tiny_dataset, "quickstart.yaml", f"--ckpt_path={imported}", check=False)
+    assert refused.returncode != 0 and "--model.init_weights" in refused.stderr
