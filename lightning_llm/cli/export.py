@@ -27,7 +27,12 @@ def export_main(argv: list[str]) -> None:
         description="Write a lightning-llm checkpoint as a Hugging Face transformers model directory "
         "(GPT-2 or Llama layout: config.json, model.safetensors, tokenizer.json).",
     )
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint file written by lightning-llm fit")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="a checkpoint written by lightning-llm fit: a .ckpt file, or the checkpoint directory of an "
+        "FSDP2 / tensor-parallel run (consolidated in memory)",
+    )
     parser.add_argument("--to", choices=["hf"], default="hf", help="target format (hf: transformers)")
     parser.add_argument("--out", required=True, help="output directory (created; must be empty or absent)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")

@@ -7,7 +7,6 @@ settings) ends as one ``UserError`` paragraph, which ``lightning_llm.cli.main`` 
 
 from __future__ import annotations
 
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from lightning_llm.cli import UserError
 from lightning_llm.config import GPTConfig
+from lightning_llm.consolidate import torch_load_checked
 from lightning_llm.model import GPT, IncompatibleComponentsError, check_compatible
 
 DTYPES: dict[str, torch.dtype] = {
@@ -123,47 +123,19 @@ def _check_local_file(path: str | Path) -> Path:
             "aws s3 cp, gsutil cp) and pass the local path."
         )
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(
-            f"{path} is a distributed (FSDP2) checkpoint directory. Consolidate it into one file first: "
-            f"python -m lightning.pytorch.utilities.consolidate_checkpoint {path}"
-        )
+    if path.is_dir():  # a distributed checkpoint (FSDP2 / tensor parallel) is read as it is
+        from lightning_llm.consolidate import METADATA_FILE, is_distributed_checkpoint
+
+        if not is_distributed_checkpoint(path):
+            raise UserError(
+                f"--ckpt_path {path} is a directory but not a distributed checkpoint (it has no {METADATA_FILE}, "
+                "the index an FSDP2 / tensor-parallel run writes last when it saves). Point it at a .ckpt file, "
+                "or at a checkpoint directory such as runs/<name>/checkpoints/last.ckpt of such a run."
+            )
+        return path
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}. Train one with `lightning-llm fit --config ...`.")
     return path
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)``: tensors and plain data only; failures become one paragraph."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise
-    except pickle.UnpicklingError as err:
-        found = re.findall(r"GLOBAL ([A-Za-z_][\w.]*)", str(err))
-        if found:  # a pickled reference to a Python object/function: refused, never executed
-            raise UserError(
-                f"{path} is refused: besides tensors and plain data it contains pickled Python objects "
-                f"({', '.join(dict.fromkeys(found))}), which could run arbitrary code when loaded. "
-                "lightning-llm loads checkpoints with torch.load(weights_only=True) only; a checkpoint written "
-                "by lightning-llm fit holds tensors and plain data alone. Use a checkpoint you trained, "
-                "or re-save only its tensors from a trusted environment."
-            ) from None
-        detail = "not a PyTorch file"
-    except PermissionError as err:
-        raise UserError(f"{path} cannot be read: {err.strerror or err}.") from None
-    except EOFError:
-        detail = "the file is empty" if path.stat().st_size == 0 else "it ends too early"
-    except (RuntimeError, OSError) as err:  # torch's zip reader on a truncated or foreign archive
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-        detail = f"torch.load: {first[:160]}"
-    except Exception:  # the legacy reader on a text file or random bytes: KeyError, IndexError, ...
-        detail = "not a PyTorch file"
-    raise UserError(
-        f"{path} is not a readable PyTorch checkpoint ({detail}): it is truncated (e.g. an interrupted copy "
-        "or download), corrupt, or not a checkpoint at all. Point --ckpt_path at a .ckpt file written by "
-        "lightning-llm fit (e.g. runs/<name>/checkpoints/last.ckpt)."
-    )
 
 
 def _build(config: GPTConfig, path: Path, device: torch.device, dtype: torch.dtype) -> GPT:
@@ -200,13 +172,26 @@ def load_checkpoint(
     """The model (on ``device``, in ``dtype``, in eval mode) and tokenizer of a ``lightning-llm fit`` checkpoint.
 
     Loaded with ``torch.load(weights_only=True)``; URLs are refused (download first), and anything that is not
-    a complete lightning-llm checkpoint file fails with a ``UserError`` naming the file.
+    a complete lightning-llm checkpoint file fails with a ``UserError`` naming the file. A distributed
+    checkpoint directory (FSDP2 / tensor parallel) is consolidated in memory (``lightning_llm.consolidate``),
+    weights only, and says so on stderr.
     """
     from lightning_llm.data.tokenizer import Tokenizer
 
     path = _check_local_file(path)
     device = torch.device(device)
-    ckpt = _torch_load(path)
+    if path.is_dir():
+        from lightning_llm.consolidate import consolidate_checkpoint
+
+        ckpt = consolidate_checkpoint(path, weights_only=True)
+        print(
+            f"{path}: distributed checkpoint directory, consolidated in memory (weights only); "
+            f"`lightning-llm consolidate --ckpt_path {path} --out FILE` writes it as one file.",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        ckpt = torch_load_checked(path)
     not_ours = f"{path} is a PyTorch file but not a lightning-llm checkpoint"
     if not isinstance(ckpt, dict):
         raise UserError(f"{not_ours}: it holds a {type(ckpt).__name__}, not a checkpoint dictionary.")
@@ -248,8 +233,9 @@ def sample(
     """Sample text from a checkpoint, streaming tokens to the terminal as they are produced.
 
     Args:
-        ckpt_path: A local checkpoint file written by ``lightning-llm fit`` (e.g.
-            runs/quickstart/checkpoints/last.ckpt). URLs are refused: download the file first.
+        ckpt_path: A local checkpoint written by ``lightning-llm fit`` (e.g.
+            runs/quickstart/checkpoints/last.ckpt): a file, or the directory of an FSDP2 / tensor-parallel run
+            (consolidated in memory). URLs are refused: download the file first.
         prompt: Text to continue.
         max_new_tokens: Tokens to generate; prompt + new tokens must fit in the model's block size, else it is
             an error (default: 200, or the room the prompt leaves in the block size if that is less).

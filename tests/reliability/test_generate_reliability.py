@@ -120,7 +120,7 @@ def test_weights_that_do_not_match_the_config(ckpt: Path, tmp_path: Path, capsys
 
 def test_directory_and_missing_file_keep_their_messages(tmp_path: Path, capsys) -> None:
     err, _ = generate(capsys, "--ckpt_path", str(tmp_path))
-    assert f"{tmp_path} is a distributed (FSDP2) checkpoint directory. Consolidate it into one file" in err
+    assert f"--ckpt_path {tmp_path} is a directory but not a distributed checkpoint" in err
     err, _ = generate(capsys, "--ckpt_path", str(tmp_path / "nope.ckpt"))
     assert f"No checkpoint at {tmp_path / 'nope.ckpt'}. Train one with `lightning-llm fit" in err
 
