@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_llm.parallel import data_parallel_size
 from lightning_llm.perf import PeakMode, flops_per_token, format_flops, meta_model, peak_flops
 from lightning_llm.precision import training_dtype
 
@@ -71,8 +72,11 @@ class SpeedMonitor(L.Callback):
         if seq not in self._flops_per_token:  # counted once, on the model built on the meta device
             model = meta_model(pl_module.config)  # type: ignore[attr-defined]
             self._flops_per_token[seq] = flops_per_token(model, seq)
-        flops = self._flops_per_token[seq] * tps
-        self.last = {"perf/tokens_per_s": tps * trainer.world_size, "perf/tokens_per_s_device": tps}
+        # tensor-parallel ranks share their batch: the job's tokens come from the data-parallel replicas,
+        # and each device does its share of their FLOPs
+        replicas = data_parallel_size(trainer.strategy)
+        flops = self._flops_per_token[seq] * tps * replicas / trainer.world_size
+        self.last = {"perf/tokens_per_s": tps * replicas, "perf/tokens_per_s_device": tps}
         if self.peak_flops:
             self.last["perf/mfu"] = flops / self.peak_flops
         pl_module.log_dict(self.last, on_step=True, on_epoch=False, rank_zero_only=True)

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -117,3 +118,20 @@ class InterruptNotice(L.Callback):
             what = "No checkpoint was written before the interrupt"
             how = "the next run starts from scratch"
         print(f"lightning-llm: interrupted at step {trainer.global_step}. {what}; {how}.", file=sys.stderr)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that also saves ``last`` when a run ends between two saves.
+
+    Lightning writes ``last.ckpt`` at the end of training only if the run never saved one: a run of 250 steps
+    checkpointing every 100 (or a resumed run that saved nothing new) ends with the weights of step 200 in
+    ``last.ckpt``, and the last 50 steps are lost. Here the end of a run saves ``last`` whenever the step moved
+    on since the last save.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        behind = trainer.global_step > self._last_global_step_saved
+        if self.save_last and behind and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            return
+        super().on_train_end(trainer, pl_module)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import lightning as L
@@ -17,6 +18,7 @@ from lightning_llm.config import GPTConfig, pad_vocab_size
 from lightning_llm.model import GPT
 from lightning_llm.nonfinite import NonFiniteLossError, NonFiniteTracker, nonfinite_tensors
 from lightning_llm.optim import OptimizerConfig, ScheduleConfig, apply_optimizer_settings, lr_factor
+from lightning_llm.parallel import clip_grad_norm, data_parallel_size
 from lightning_llm.precision import fsdp_param_dtype, training_dtype
 
 
@@ -185,11 +187,12 @@ class LitGPT(L.LightningModule):
                 "(lightning_llm.module.TokenData, e.g. TokenDataModule)."
             )
         micro = self.token_data.batch_size
-        per_step = micro * self.trainer.world_size
+        replicas = data_parallel_size(self.trainer.strategy)  # tensor-parallel ranks share a batch
+        per_step = micro * replicas
         if target % per_step:
             raise ValueError(
-                f"global batch of {target} sequences is not a multiple of data.batch_size ({micro}) x world size "
-                f"({self.trainer.world_size}) = {per_step}. Choose a global batch that is, e.g. "
+                f"global batch of {target} sequences is not a multiple of data.batch_size ({micro}) x data-parallel "
+                f"size ({replicas}) = {per_step}. Choose a global batch that is, e.g. "
                 f"{max(1, target // per_step) * per_step}."
             )
         self.trainer.accumulate_grad_batches = target // per_step
@@ -360,12 +363,17 @@ class LitGPT(L.LightningModule):
     ) -> None:
         if not gradient_clip_val:
             return
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        algorithm = gradient_clip_algorithm or "norm"
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        unscaled = getattr(self.trainer.precision_plugin, "scaler", None) is None
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and algorithm == "norm" and unscaled:
+            clip_grad_norm(params, gradient_clip_val)  # torch's refuses gradients on two meshes (FSDP2 x TP)
+            return
         if not self._clips_itself():
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
-        from lightning.pytorch.strategies import FSDPStrategy
-
-        algorithm = gradient_clip_algorithm or "norm"
         if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1: the norm over all shards
             if algorithm != "norm":
                 raise ValueError(
@@ -373,7 +381,6 @@ class LitGPT(L.LightningModule):
                 )
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)  # type: ignore[union-attr]
             return
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if algorithm == "norm":  # foreach kernels, no host synchronisation
             torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
         else:
@@ -439,7 +446,9 @@ class LitGPT(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        if fitting and "optimizer_states" not in checkpoint:
+        # a checkpoint directory's optimizer state is loaded by the strategy: the hook sees meta.pt only
+        directory = fitting and Path(str(self.trainer.ckpt_path)).is_dir()
+        if fitting and not directory and "optimizer_states" not in checkpoint:
             raise ValueError(
                 "--ckpt_path resumes a run, but this checkpoint holds weights only (no optimizer state or "
                 "step), e.g. one made by lightning-llm import. To train from its weights, start a new run "

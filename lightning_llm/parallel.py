@@ -9,7 +9,7 @@ and compile.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -118,3 +118,37 @@ def parallelize(
         model.to_empty(device=device)
         with torch.no_grad():
             model.reset_parameters()
+
+
+def data_parallel_size(strategy: Any) -> int:
+    """How many model replicas a global batch is split over: the world size, except under tensor parallelism,
+    where the ranks of one tensor-parallel group share a replica (and a batch)."""
+    kwargs = getattr(strategy, "distributed_sampler_kwargs", None) or {}
+    return int(kwargs.get("num_replicas") or getattr(strategy, "world_size", 1))
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` for parameters on different device meshes (FSDP2 x tensor parallel).
+
+    torch's version stacks the per-parameter norms and refuses DTensors of different meshes (the 1-D
+    data-parallel mesh of a replicated norm weight next to the 2-D mesh of a sharded projection). Here the
+    norm is taken per (mesh, placements) group with foreach kernels, each group's made whole with one
+    collective (``full_tensor``), and the groups combined; no host synchronisation.
+    """
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.experimental import implicit_replication
+
+    groups: dict[Any, list[torch.Tensor]] = {}
+    for p in params:
+        key = (p.grad.device_mesh, p.grad.placements) if isinstance(p.grad, DTensor) else None
+        groups.setdefault(key, []).append(p.grad)
+    norms = []
+    for grads in groups.values():
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2.0)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)  # as torch's: scale only when above max_norm
+    with implicit_replication():  # the plain scalar coefficient multiplies DTensor gradients
+        for grads in groups.values():  # foreach kernels need one mesh per call
+            torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+    return total

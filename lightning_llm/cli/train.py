@@ -137,11 +137,11 @@ def _lightning_cli(argv: list[str]) -> None:
     from jsonargparse import set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docstrings → --help
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
     from lightning.pytorch.cli import LightningCLI
 
     from lightning_llm.callbacks import LossCurvePlot, ProgressBar, SpeedMonitor
-    from lightning_llm.checkpointing import AtomicCheckpointIO, InterruptNotice
+    from lightning_llm.checkpointing import AtomicCheckpointIO, InterruptNotice, RunCheckpoint
     from lightning_llm.config import pad_vocab_size
     from lightning_llm.data.datamodule import TokenDataModule
     from lightning_llm.module import LitGPT
@@ -165,7 +165,7 @@ def _lightning_cli(argv: list[str]) -> None:
                     }
                 }
             )
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 200})
             parser.add_lightning_class_args(SpeedMonitor, "speed")
 

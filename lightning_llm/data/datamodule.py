@@ -159,6 +159,7 @@ class TokenDataModule(L.LightningDataModule):
             # (a Bible book) then arrives as a run of batches and the loss jumps. Permute every block.
             item_shuffle_window=0,
         )
+        self._shard_by_data_parallel_rank(dataset)
         return _loader_class()(
             dataset,
             batch_size=self.batch_size,
@@ -168,6 +169,26 @@ class TokenDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
         )
+
+    def _shard_by_data_parallel_rank(self, dataset: Any) -> None:
+        """Split the data over data-parallel replicas, not processes.
+
+        litdata splits by global rank. With tensor parallelism the ranks of one tensor-parallel group hold
+        shards of one model replica and must read the same batches; the strategy says which replica a rank
+        belongs to (``distributed_sampler_kwargs``, what Lightning gives a ``DistributedSampler``). Without
+        this, each rank of a group reads its own batch and nothing fails: row-wise projections sum partial
+        results of different sequences and the replicated weights drift apart.
+        """
+        from litdata.utilities.env import _DistributedEnv
+
+        strategy = getattr(self.trainer, "strategy", None)
+        kwargs = getattr(strategy, "distributed_sampler_kwargs", None) or {}
+        replicas, rank = kwargs.get("num_replicas"), kwargs.get("rank")
+        env = dataset.distributed_env
+        if replicas is None or (replicas, rank) == (env.world_size, env.global_rank):
+            return
+        nodes = env.num_nodes if replicas % env.num_nodes == 0 else 1
+        dataset.distributed_env = _DistributedEnv(world_size=replicas, global_rank=rank, num_nodes=nodes)
 
     def train_dataloader(self) -> Any:
         """Shuffled (if ``shuffle``) training batches, resumed from a loaded state if there is one."""

@@ -330,3 +330,17 @@ def test_datamodule_contract_is_declared_not_duck_typed(caplog) -> None:
     lit.token_data = good
     lit.on_save_checkpoint(ckpt)
     assert ckpt["tokenizer"] == {"kind": "test"}
+
+
+@pytest.mark.parametrize("callback", ["lightning", "ours"])
+def test_a_run_that_ends_between_saves_keeps_its_last_steps(tiny_dataset, tmp_path, callback):
+    """3 steps saving every 2: Lightning's ModelCheckpoint leaves step 2 in last.ckpt, RunCheckpoint step 3."""
+    from lightning_llm.checkpointing import RunCheckpoint
+
+    cls = ModelCheckpoint if callback == "lightning" else RunCheckpoint
+    lit, dm = make(tiny_dataset)
+    trainer(
+        tmp_path, max_steps=3, callbacks=[cls(dirpath=tmp_path, save_last=True, every_n_train_steps=2)]
+    ).fit(lit, dm)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"]
+    assert saved == (2 if callback == "lightning" else 3)

@@ -83,3 +83,37 @@ def test_parallel_model_matches_plain_model(mode):
     for rank, dloss, dgrad in results:
         assert dloss < 1e-5, (rank, dloss)
         assert dgrad < 1e-5, (rank, dgrad)
+
+
+def test_clip_grad_norm_across_two_meshes_matches_an_fp64_reference(tmp_path):
+    """FSDP2 x TP leaves gradients on a 1-D and a 2-D mesh, which torch's clip_grad_norm_ refuses to stack;
+    ``parallel.clip_grad_norm`` clips them together, as one global norm (one process, meshes of size 1)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from lightning_llm.parallel import clip_grad_norm
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        mesh2 = init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+        mesh1 = mesh2["data_parallel"]
+        torch.manual_seed(0)
+        plain = [torch.randn(8, 4), torch.randn(4), torch.randn(6, 6)]
+        grads = [3 * torch.randn_like(t) for t in plain]
+        meshes = [(mesh2, [Shard(0), Shard(1)]), (mesh1, [Shard(0)]), (mesh2, [Replicate(), Shard(0)])]
+        params = []
+        for t, g, (mesh, placements) in zip(plain, grads, meshes, strict=True):
+            p = torch.nn.Parameter(distribute_tensor(t, mesh, placements))
+            p.grad = distribute_tensor(g, mesh, placements)
+            params.append(p)
+        with pytest.raises(RuntimeError, match="same mesh"):
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+        total = clip_grad_norm(params, 1.0)
+        ref = torch.cat([g.double().flatten() for g in grads]).norm()
+        torch.testing.assert_close(total.double(), ref, rtol=1e-6, atol=0)
+        for p, g in zip(params, grads, strict=True):
+            torch.testing.assert_close(
+                p.grad.full_tensor().double(), g.double() / (ref + 1e-6), rtol=1e-5, atol=1e-7
+            )
+    finally:
+        dist.destroy_process_group()
