@@ -92,6 +92,20 @@ COMMANDS: tuple[Command, ...] = (
         "read a transformers GPT-2/Llama directory into a checkpoint",
         "lightning-llm import --from DIR --out imported.ckpt",
     ),
+    Command(
+        "eval",
+        "evaluate",
+        "evaluate_main",
+        "score a checkpoint on lm-evaluation-harness tasks (pip install 'lightning-llm[eval]')",
+        "lightning-llm eval --ckpt_path ... --tasks classics_continuation",
+    ),
+    Command(
+        "consolidate",
+        "consolidate",
+        "consolidate_main",
+        "write a distributed (FSDP2 / tensor-parallel) checkpoint directory as one file",
+        "lightning-llm consolidate --ckpt_path DIR --out FILE",
+    ),
     Command("plugins", "plugins", "plugins_main", "list registered components and whether they run here"),
     Command(
         "bench", "bench", "bench_main", "benchmarks: attention | train | data | generate (source checkout)"
