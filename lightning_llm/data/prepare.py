@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -49,7 +49,7 @@ from lightning_llm.data.tokenizer import (
     gpt2_tokenizer,
     train_bpe_with_hf,
 )
-from lightning_llm.data.validate import config_problems, parse_bytes
+from lightning_llm.data.validate import TOKENIZERS, config_problems, parse_bytes
 
 _OWNED = (MARKER, REPORT, *SPLITS, TOKENIZER_DIR, STAGING)  # the only paths prepare deletes; marker first
 
@@ -64,8 +64,10 @@ class PrepareConfig:
     """Field holding the text in JSONL/Parquet records."""
     output_dir: str = "data/classics"
     """Directory that receives train/, val/, tokenizer/ and report.json."""
-    tokenizer: Literal["bpe", "gpt2"] = "bpe"
-    """``bpe``: train a byte-level BPE on the cleaned training split; ``gpt2``: GPT-2's BPE (50257 ids)."""
+    tokenizer: str = "bpe"
+    """``bpe``: train a byte-level BPE on the cleaned training split; ``gpt2``: GPT-2's BPE (50257 ids); or the
+    path of a lightning-llm checkpoint (e.g. made by ``lightning-llm import``): its tokenizer, so the data
+    fits that model for ``fit --model.init_weights``."""
     vocab_size: int = 8192
     """Vocabulary size of the trained BPE, <|endoftext|> included (ignored for gpt2)."""
     val_fraction: float = 0.05
@@ -102,7 +104,7 @@ def settings_of(cfg: PrepareConfig, source_fingerprint: str) -> dict[str, Any]:
     return {
         "source_fingerprint": source_fingerprint,
         "text_field": cfg.text_field,
-        "tokenizer": cfg.tokenizer,
+        "tokenizer": cfg.tokenizer if cfg.tokenizer in TOKENIZERS else _tokenizer_id(cfg.tokenizer),
         "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
@@ -219,9 +221,35 @@ def _ensure_both_splits(writers: dict[str, ShardWriter], val_fraction: float) ->
                 (empty if full is train else full).write(tail)
 
 
+def checkpoint_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer stored in a lightning-llm checkpoint file (read with ``weights_only``, memory-mapped)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch's readers raise many types for a file that is not a checkpoint
+        raise ConfigError(
+            f"--tokenizer {path} is not a readable checkpoint: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("tokenizer"), dict):
+        raise ConfigError(
+            f"--tokenizer {path} holds no lightning-llm tokenizer; give a checkpoint written by "
+            "lightning-llm fit or import, or bpe / gpt2."
+        )
+    return Tokenizer.from_dict(ckpt["tokenizer"])
+
+
+def _tokenizer_id(path: str) -> str:
+    tok = checkpoint_tokenizer(path)
+    return f"{tok.name}:{tok.fingerprint()}"  # a changed checkpoint tokenizer is not silently reused
+
+
 def _build_tokenizer(cfg: PrepareConfig, writers: dict[str, ShardWriter], tok_dir: Path) -> Tokenizer:
     if cfg.tokenizer == "gpt2":
         tok = gpt2_tokenizer()
+    elif cfg.tokenizer not in TOKENIZERS:
+        tok = checkpoint_tokenizer(cfg.tokenizer)
+        print(f"Tokenizing with {tok.name} ({tok.vocab_size:,} ids) from {cfg.tokenizer}")
     else:
         texts = (t for p in writers["train"].paths for t in read_shard(p))
         print(f"Training a byte-level BPE with {cfg.vocab_size} ids on {writers['train'].bytes / 1e6:.1f} MB")

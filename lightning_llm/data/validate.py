@@ -54,10 +54,13 @@ def config_problems(cfg: Any) -> list[str]:
     p += _text(cfg, "output_dir", "the directory that receives the dataset (e.g. data/mine)")
     if not p:
         p += _paths(cfg.source, cfg.output_dir)
-    if cfg.tokenizer not in TOKENIZERS:
+    if cfg.tokenizer not in TOKENIZERS and not (
+        isinstance(cfg.tokenizer, str) and Path(cfg.tokenizer).is_file()
+    ):
         p.append(
-            f"--tokenizer {cfg.tokenizer!r} is not one of {', '.join(TOKENIZERS)}: use bpe to train a "
-            f"byte-level BPE on the corpus, or gpt2 for GPT-2's 50257 ids"
+            f"--tokenizer {cfg.tokenizer!r} is neither one of {', '.join(TOKENIZERS)} nor a checkpoint file: "
+            f"use bpe to train a byte-level BPE on the corpus, gpt2 for GPT-2's 50257 ids, or the path of a "
+            f"lightning-llm checkpoint (e.g. from lightning-llm import) to tokenize with its tokenizer"
         )
     v = cfg.vocab_size
     if not _is_int(v):

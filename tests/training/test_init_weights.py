@@ -86,3 +86,35 @@ def test_an_exported_then_imported_model_validates_like_the_original(tiny_datase
     assert "Starting from the weights of" in proc.stderr
     refused = fit(tmp_path / "bad", tiny_dataset, "quickstart.yaml", f"--ckpt_path={imported}", check=False)
     assert refused.returncode != 0 and "--model.init_weights" in refused.stderr
+
+
+def test_prepare_tokenizes_with_the_tokenizer_of_a_checkpoint(tiny_corpus, tiny_dataset, tmp_path) -> None:
+    """Data for an imported model: ``prepare --tokenizer CKPT`` reuses the checkpoint's tokenizer."""
+    from lightning_llm.data.clean import CleanConfig
+    from lightning_llm.data.errors import ConfigError
+    from lightning_llm.data.prepare import PrepareConfig, prepare
+
+    tok = Tokenizer.load(tiny_dataset / "tokenizer")
+    ckpt = tmp_path / "weights.ckpt"
+    torch.save({"tokenizer": tok.to_dict(), "state_dict": {}}, ckpt)
+    out = prepare(
+        PrepareConfig(
+            source=str(tiny_corpus),
+            output_dir=str(tmp_path / "ds"),
+            tokenizer=str(ckpt),
+            num_workers=1,
+            clean=CleanConfig(near_dedup=False),
+        )
+    )
+    assert Tokenizer.load(out / "tokenizer").fingerprint() == tok.fingerprint()
+    torch.save({"state_dict": {}}, tmp_path / "no_tokenizer.ckpt")
+    with pytest.raises(ConfigError, match="holds no lightning-llm tokenizer"):
+        prepare(
+            PrepareConfig(
+                source=str(tiny_corpus),
+                output_dir=str(tmp_path / "x"),
+                tokenizer=str(tmp_path / "no_tokenizer.ckpt"),
+            )
+        )
+    with pytest.raises(ConfigError, match="neither one of bpe, gpt2 nor a checkpoint file"):
+        PrepareConfig(source=str(tiny_corpus), output_dir=str(tmp_path / "y"), tokenizer="llama")
