@@ -304,7 +304,8 @@ def test_datamodule_contract_is_declared_not_duck_typed(caplog) -> None:
     good = SimpleNamespace(batch_size=4, vocab_size=600, tokenizer=tok)
     assert isinstance(good, TokenData)
     lit = LitGPT(GPTConfig(vocab_size=640, block_size=8, n_layer=1, n_head=2, n_embd=16), global_batch_size=8)
-    lit.trainer = SimpleNamespace(datamodule=good, world_size=1, accumulate_grad_batches=1)
+    one = SimpleNamespace(world_size=1)  # a single-process strategy: one data-parallel replica
+    lit.trainer = SimpleNamespace(datamodule=good, world_size=1, strategy=one, accumulate_grad_batches=1)
     lit.setup("fit")
     assert lit.trainer.accumulate_grad_batches == 2
     small = LitGPT(GPTConfig(vocab_size=512, block_size=8, n_layer=1, n_head=2, n_embd=16))
@@ -315,7 +316,7 @@ def test_datamodule_contract_is_declared_not_duck_typed(caplog) -> None:
         small.setup("fit")
 
     plain = SimpleNamespace(batch_size=4)  # no vocab_size / tokenizer: not TokenData
-    lit.trainer = SimpleNamespace(datamodule=plain, world_size=1, accumulate_grad_batches=1)
+    lit.trainer = SimpleNamespace(datamodule=plain, world_size=1, strategy=one, accumulate_grad_batches=1)
     with (
         caplog.at_level(logging.INFO),
         pytest.raises(ValueError, match="need a datamodule with a batch_size"),
