@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_command
 
 from lightning_llm.cli import UserError, main
 from lightning_llm.cli.generate import DTYPES, choose_dtype, load_checkpoint, resolve_dtype
@@ -68,15 +69,7 @@ def flash_ckpt(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_generate(capsys: pytest.CaptureFixture, *args: str) -> tuple[str | None, str, str]:
     """``lightning-llm generate ARGS`` in-process: (error message or None, stdout, stderr)."""
-    try:
-        main(["generate", *args])
-        code = None
-    except SystemExit as exc:
-        code = exc.code
-        assert isinstance(code, str), f"exit {code!r}: expected a one-paragraph error message"
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err
-    return code, cap.out, cap.err
+    return run_command(capsys, "generate", *args)
 
 
 # -- the choice: a pure function of (name, device type, bf16 capability) ---------------------------------

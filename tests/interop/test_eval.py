@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_runner import run_command
 
-from lightning_llm.cli import main
 from lightning_llm.config import GPTConfig
 from lightning_llm.data.documents import Document, Source
 from lightning_llm.data.tokenizer import Tokenizer
@@ -302,15 +302,7 @@ def ckpt(model: GPT, tok: Tokenizer, tmp_path_factory: pytest.TempPathFactory) -
 
 def run_eval(capsys: pytest.CaptureFixture, *args: str) -> tuple[str | None, str, str]:
     """``lightning-llm eval ARGS`` in-process: (error message or None, stdout, stderr)."""
-    try:
-        main(["eval", *args])
-        code = None
-    except SystemExit as exc:
-        code = exc.code
-        assert isinstance(code, str), f"exit {code!r}: expected a one-paragraph error message"
-    cap = capsys.readouterr()
-    assert "Traceback" not in cap.err
-    return code, cap.out, cap.err
+    return run_command(capsys, "eval", *args)
 
 
 def test_eval_writes_results(
