@@ -49,20 +49,62 @@ class Tokenizer:
         ranks: Mergeable byte strings → rank; ranks must be ``0..len(ranks)-1``.
         pat_str: The pre-tokenizer regular expression.
         eot_id: Id of ``<|endoftext|>``; default ``len(ranks)`` (the id after the last rank).
+        extra_special: Further special tokens (e.g. the chat template's ``<|user|>``) → their ids, which
+            must come after every other id. Text never encodes to them (``encode`` treats their spelling as
+            ordinary text), so user content cannot forge a turn; the template inserts their ids.
     """
 
     def __init__(
-        self, name: str, ranks: dict[bytes, int], pat_str: str = GPT2_PATTERN, eot_id: int | None = None
+        self,
+        name: str,
+        ranks: dict[bytes, int],
+        pat_str: str = GPT2_PATTERN,
+        eot_id: int | None = None,
+        extra_special: dict[str, int] | None = None,
     ):
         if sorted(ranks.values()) != list(range(len(ranks))):
             raise TokenizerError(f"Tokenizer '{name}': ranks must be exactly 0..{len(ranks) - 1}")
         self.name = name
         self.eot_id = len(ranks) if eot_id is None else eot_id
+        self.extra_special = dict(extra_special or {})
+        base = max(len(ranks), self.eot_id + 1)
+        if ENDOFTEXT in self.extra_special or sorted(self.extra_special.values()) != list(
+            range(base, base + len(self.extra_special))
+        ):
+            raise TokenizerError(
+                f"Tokenizer '{name}': extra special tokens {self.extra_special} must take the ids {base}.. "
+                f"after the ordinary ones and <|endoftext|>, one each"
+            )
         self._ranks = ranks
         self._pat_str = pat_str
         self._encoding = tiktoken.Encoding(
-            name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: self.eot_id}
+            name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=self.special_tokens
         )
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """``<|endoftext|>`` and every extra special token → id."""
+        return {ENDOFTEXT: self.eot_id, **self.extra_special}
+
+    def with_special_tokens(self, names: Iterable[str]) -> Tokenizer:
+        """This tokenizer with ``names`` added as special tokens (those it lacks, at the next free ids).
+
+        The ordinary ids are unchanged, so a model trained with this tokenizer reads the same text the same
+        way; only the new ids need new embedding rows (``warm_start.grow_vocab``).
+        """
+        extra = dict(self.extra_special)
+        for token in names:
+            if token != ENDOFTEXT and token not in extra:
+                extra[token] = self.vocab_size + len(extra) - len(self.extra_special)
+        if extra == self.extra_special:
+            return self
+        return Tokenizer(self.name, self._ranks, self._pat_str, self.eot_id, extra)
+
+    def base(self) -> Tokenizer:
+        """This tokenizer without its extra special tokens (what a pretraining run used)."""
+        if not self.extra_special:
+            return self
+        return Tokenizer(self.name, self._ranks, self._pat_str, self.eot_id)
 
     @property
     def vocab_size(self) -> int:
@@ -70,7 +112,8 @@ class Tokenizer:
         return self._encoding.n_vocab
 
     def __repr__(self) -> str:
-        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+        extra = f", extra_special={self.extra_special}" if self.extra_special else ""
+        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id}{extra})"
 
     # -- encoding -----------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -94,7 +137,7 @@ class Tokenizer:
         """sha256 of the pattern, the special tokens and the ranks: equal fingerprints encode identically."""
         h = hashlib.sha256()
         h.update(self._pat_str.encode())
-        h.update(json.dumps({ENDOFTEXT: self.eot_id}, sort_keys=True).encode())
+        h.update(json.dumps(self.special_tokens, sort_keys=True).encode())
         for line in self._ranks_b64():
             h.update(line.encode() + b"\n")
         return h.hexdigest()
@@ -105,7 +148,7 @@ class Tokenizer:
             "format": FORMAT,
             "name": self.name,
             "pat_str": self._pat_str,
-            "special_tokens": {ENDOFTEXT: self.eot_id},
+            "special_tokens": self.special_tokens,
             "vocab_size": self.vocab_size,
             "fingerprint": self.fingerprint(),
             "ranks": self._ranks_b64(),
@@ -119,7 +162,9 @@ class Tokenizer:
                 f"Not a lightning_llm tokenizer (format {d.get('format')!r}, expected {FORMAT!r})"
             )
         ranks = {base64.b64decode(s): i for i, s in enumerate(d["ranks"])}
-        tok = cls(d["name"], ranks, pat_str=d["pat_str"], eot_id=int(d["special_tokens"][ENDOFTEXT]))
+        special = {str(k): int(v) for k, v in d["special_tokens"].items()}
+        eot = special.pop(ENDOFTEXT)
+        tok = cls(d["name"], ranks, pat_str=d["pat_str"], eot_id=eot, extra_special=special)
         if d.get("fingerprint") and d["fingerprint"] != tok.fingerprint():
             raise TokenizerError(
                 f"Tokenizer '{d['name']}' is corrupted: its fingerprint does not match its ranks"
