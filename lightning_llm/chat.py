@@ -47,7 +47,8 @@ def chat_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 
 
 def has_chat_tokens(tokenizer: Tokenizer) -> bool:
-    return all(t in tokenizer.extra_special for t in CHAT_TOKENS)
+    extra = getattr(tokenizer, "extra_special", None) or {}
+    return all(t in extra for t in CHAT_TOKENS)
 
 
 def check_messages(messages: Any) -> list[dict[str, str]]:

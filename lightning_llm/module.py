@@ -1,9 +1,14 @@
-"""The LightningModule: next-token loss, AdamW groups, LR schedule, perplexity, NaN guard, checkpoints."""
+"""The LightningModule: next-token loss, AdamW groups, LR schedule, perplexity, NaN guard.
+
+Batches are token windows ``(B, T + 1)`` (pretraining: every next token is a target) or
+``{"input_ids": (B, T), "labels": (B, T)}`` (instruction tuning: labels already shifted, ``-100`` where no
+loss is taken, e.g. the prompt and padding). Checkpoint hooks live in ``checkpoint_hooks``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import lightning as L
@@ -13,11 +18,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from lightning_llm.chat import IGNORE_INDEX
+from lightning_llm.checkpoint_hooks import CheckpointHooks
 from lightning_llm.checkpointing import check_disk_space
 from lightning_llm.config import GPTConfig, pad_vocab_size
 from lightning_llm.model import GPT
-from lightning_llm.nonfinite import NonFiniteLossError, NonFiniteTracker, nonfinite_tensors
-from lightning_llm.optim import OptimizerConfig, ScheduleConfig, apply_optimizer_settings, lr_factor
+from lightning_llm.nonfinite import NonFiniteLossError, NonFiniteTracker
+from lightning_llm.optim import OptimizerConfig, ScheduleConfig, lr_factor
 from lightning_llm.parallel import clip_grad_norm, data_parallel_size
 from lightning_llm.precision import fsdp_param_dtype, training_dtype
 
@@ -36,8 +43,8 @@ class TokenData(Protocol):
     tokenizer: Any
 
 
-class LitGPT(L.LightningModule):
-    """Trains a ``GPT`` on batches of token windows (B, T + 1).
+class LitGPT(CheckpointHooks, L.LightningModule):
+    """Trains a ``GPT`` on batches of token windows (B, T + 1), or of inputs and labels (instruction tuning).
 
     Args:
         config: The model architecture and its components.
@@ -58,6 +65,8 @@ class LitGPT(L.LightningModule):
         init_weights: Start from the weights of this checkpoint (e.g. made by ``lightning-llm import``, or
             another run's), at step 0 with a fresh optimizer; its architecture and tokenizer must match this
             run's. Ignored when resuming with --ckpt_path (the run's own checkpoint wins, and says so).
+        freeze_embeddings: Train everything but the token (and learned position) embeddings. With tied
+            embeddings this freezes the output head too, and new special tokens keep their initial rows.
     """
 
     def __init__(
@@ -73,6 +82,7 @@ class LitGPT(L.LightningModule):
         on_nonfinite_loss: Literal["stop", "skip"] = "stop",
         max_skipped_steps: int = 20,
         init_weights: str | None = None,
+        freeze_embeddings: bool = False,
     ) -> None:
         super().__init__()
         if global_batch_size is not None and global_batch_tokens is not None:
@@ -101,6 +111,7 @@ class LitGPT(L.LightningModule):
                 "on_nonfinite_loss": on_nonfinite_loss,
                 "max_skipped_steps": max_skipped_steps,
                 "init_weights": init_weights,
+                "freeze_embeddings": freeze_embeddings,
             }
         )
         self.global_batch_size = global_batch_size
@@ -111,12 +122,15 @@ class LitGPT(L.LightningModule):
         self.on_nonfinite_loss = on_nonfinite_loss
         self.max_skipped_steps = max_skipped_steps
         self.init_weights = init_weights
+        self.freeze_embeddings = freeze_embeddings
         self._warm_started = False
         self.skipped_in_a_row = 0
         self.model: GPT | None = None
         self.token_data: TokenData | None = None  # the trainer's datamodule, if it is one (set in ``setup``)
         self.val_loss = MeanMetric()
-        self.val_ppl = Perplexity()
+        self.val_ppl = Perplexity(ignore_index=IGNORE_INDEX)
+        self.val_exact = MeanMetric()  # conversations: replies the model reproduces exactly (greedy)
+        self._chat_eval = False
         self.skipped_steps = 0
         self.nonfinite = NonFiniteTracker()
 
@@ -133,6 +147,8 @@ class LitGPT(L.LightningModule):
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         precision = str(trainer.precision) if trainer is not None else "32-true"
         self.model = GPT(self.config, device_type=device.type, dtype=training_dtype(precision))
+        if self.freeze_embeddings:
+            self._freeze_embeddings()
         strategy = trainer.strategy if trainer is not None else None
         mesh = self.device_mesh if isinstance(strategy, ModelParallelStrategy) else None
         parallelize(
@@ -201,16 +217,34 @@ class LitGPT(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)  # type: ignore[misc]
 
-    def _check_batch(self, batch: torch.Tensor) -> None:
-        if batch.shape[1] - 1 > self.config.block_size:
+    def _freeze_embeddings(self) -> None:
+        frozen = [n for n, m in self.model.named_modules() if isinstance(m, nn.Embedding)]  # type: ignore[union-attr]
+        for name in frozen:
+            self.model.get_submodule(name).requires_grad_(False)  # type: ignore[union-attr]
+        tied = " (tied: the output head too)" if self.config.tie_embeddings else ""
+        rank_zero_info(
+            f"freeze_embeddings: {', '.join(frozen)} frozen{tied}; they get no gradient or update."
+        )
+
+    def _inputs_targets(
+        self, batch: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of a batch: a (B, T + 1) window, or ``{"input_ids", "labels"}`` (labels shifted)."""
+        if isinstance(batch, Mapping):
+            x, y = batch["input_ids"], batch["labels"]
+        else:
+            x, y = batch[:, :-1], batch[:, 1:]
+        if x.shape[1] > self.config.block_size:
             raise ValueError(
-                f"The data yields sequences of {batch.shape[1] - 1} tokens but the model's block_size is "
+                f"The data yields sequences of {x.shape[1]} tokens but the model's block_size is "
                 f"{self.config.block_size}; set data.block_size <= model.config.block_size."
             )
+        return x, y
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
-        self._check_batch(batch)
-        x, y = batch[:, :-1], batch[:, 1:]
+    def training_step(
+        self, batch: torch.Tensor | Mapping[str, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor | None:
+        x, y = self._inputs_targets(batch)
         loss = self.model(x, y)  # type: ignore[misc]
         if self.on_nonfinite_loss == "skip":
             # reads the loss on the host: one synchronisation per step on a GPU (said once at fit start)
@@ -262,22 +296,6 @@ class LitGPT(L.LightningModule):
         if self.trainer.global_step % every == 0:
             self._raise_if_nonfinite()
 
-    def _warm_start(self) -> None:
-        """Load ``init_weights`` once, after the model is built and sharded, unless a checkpoint was restored."""
-        if self.init_weights is None or self._warm_started:
-            return
-        self._warm_started = True
-        if self.trainer.ckpt_path is not None:
-            rank_zero_info(
-                f"init_weights ({self.init_weights}) is not loaded: the weights come from --ckpt_path "
-                f"{self.trainer.ckpt_path}."
-            )
-            return
-        from lightning_llm.warm_start import load_initial_weights
-
-        tokenizer = self.token_data.tokenizer if self.token_data is not None else None
-        rank_zero_info(load_initial_weights(self.model, self.init_weights, tokenizer))
-
     def on_test_start(self) -> None:
         self._warm_start()
 
@@ -298,13 +316,22 @@ class LitGPT(L.LightningModule):
             "32-true or bf16-mixed precision instead of a 16-bit one, or --model.on_nonfinite_loss skip."
         )
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self._check_batch(batch)
-        x, y = batch[:, :-1], batch[:, 1:]
+    def validation_step(self, batch: torch.Tensor | Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        x, y = self._inputs_targets(batch)
         logits = self.model(x)  # type: ignore[misc]
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        self.val_loss.update(loss, weight=y.numel())
+        counted = y != IGNORE_INDEX  # all of them for token windows
+        n = counted.sum()
+        total = nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        self.val_loss.update(total / n.clamp(min=1), weight=n)
         self.val_ppl.update(logits.float(), y)
+        if isinstance(batch, Mapping):
+            # a reply is reproduced exactly by greedy decoding iff each of its tokens (and <|end|>) is the
+            # argmax given the true tokens before it: one forward pass, no generation
+            self._chat_eval = True
+            hit = ((logits.argmax(-1) == y) | ~counted).all(dim=-1)
+            self.val_exact.update(hit.float(), weight=counted.any(dim=-1).float())
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")
@@ -320,6 +347,9 @@ class LitGPT(L.LightningModule):
         # the metrics sync over ranks in compute(); Lightning need not reduce them again
         self.log(f"{prefix}/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
         self.log(f"{prefix}/ppl", self.val_ppl.compute(), prog_bar=True, sync_dist=False)
+        if self._chat_eval:
+            self.log(f"{prefix}/exact_match", self.val_exact.compute(), prog_bar=True, sync_dist=False)
+            self.val_exact.reset()
         self.val_loss.reset()
         self.val_ppl.reset()
 
@@ -420,75 +450,3 @@ class LitGPT(L.LightningModule):
             )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.sched_cfg, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    # -- checkpoints --------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # a checkpoint of a diverged model must never replace the last good one
-        self._raise_if_nonfinite()
-        self._check_finite_weights(checkpoint.get("state_dict", {}))
-        checkpoint["model_config"] = self.config.to_dict()
-        if self.token_data is not None:
-            checkpoint["tokenizer"] = self.token_data.tokenizer.to_dict()
-
-    def _check_finite_weights(self, state: dict[str, Any]) -> None:
-        """Refuse to save non-finite weights (one host read per save; every rank takes part)."""
-        finite, bad = nonfinite_tensors(state)
-        if self._trainer is not None:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if finite:
-            return
-        raise NonFiniteLossError(
-            f"The weights became non-finite ({len(bad)} tensors, e.g. {', '.join(bad[:3]) or 'on another rank'})"
-            f" at step {self.global_step}; no checkpoint was written, so the last one is intact. "
-            "Resume with --ckpt_path last and a lower learning rate (--model.optimizer.lr) or gradient "
-            "clipping (--trainer.gradient_clip_val 1.0)."
-        )
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        # a checkpoint directory's optimizer state is loaded by the strategy: the hook sees meta.pt only
-        directory = fitting and Path(str(self.trainer.ckpt_path)).is_dir()
-        if fitting and not directory and "optimizer_states" not in checkpoint:
-            raise ValueError(
-                "--ckpt_path resumes a run, but this checkpoint holds weights only (no optimizer state or "
-                "step), e.g. one made by lightning-llm import. To train from its weights, start a new run "
-                "with --model.init_weights <that file> instead of --ckpt_path."
-            )
-        saved = checkpoint.get("model_config")
-        if saved is None:
-            return
-        current = self.config.to_dict()
-        diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
-        if diff:
-            lines = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
-            hint = (
-                " vocab_size follows the dataset's tokenizer (padded to a multiple of 64): resume on the "
-                "dataset the checkpoint was trained on (--data.path)."
-                if "vocab_size" in diff
-                else ""
-            )
-            raise ValueError(
-                f"Cannot resume: the checkpoint was trained with a different model config ({lines}). "
-                "Resume with the config the run was started with, or start a new run without --ckpt_path."
-                + hint
-            )
-        self._apply_changed_settings(checkpoint)
-
-    def _apply_changed_settings(self, checkpoint: dict[str, Any]) -> None:
-        """Settings that may change on resume (optimizer, schedule, NaN policy, batch) win over the
-        checkpoint's, and each change is said once. The optimizer's saved state would otherwise restore
-        the old learning rate, weight decay and betas."""
-        old = checkpoint.get("hyper_parameters", {})
-        new = dict(self.hparams)
-        changes = []
-        for key in sorted(set(new) - {"config"}):
-            before, after = old.get(key), new[key]
-            if isinstance(before, dict) and isinstance(after, dict):
-                changes += [
-                    f"{key}.{k}: {before.get(k)!r} -> {v!r}" for k, v in after.items() if before.get(k) != v
-                ]
-            elif key in old and before != after:
-                changes.append(f"{key}: {before!r} -> {after!r}")
-        if changes:
-            rank_zero_info("Resuming with changed settings (the command line wins): " + "; ".join(changes))
-        apply_optimizer_settings(checkpoint, self.optim_cfg)

@@ -54,31 +54,60 @@ def _cli_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def check_tokenizer(saved: dict[str, Any] | None, data_tokenizer: Any | None, source: str) -> None:
-    """The dataset must be tokenized with the checkpoint's tokenizer (equal fingerprints)."""
+def check_tokenizer(saved: dict[str, Any] | None, data_tokenizer: Any | None, source: str) -> list[int]:
+    """The dataset must be tokenized with the checkpoint's tokenizer, or with that tokenizer plus special
+    tokens (e.g. the chat template's). Returns the ids of the added special tokens: ids the checkpoint's
+    model never saw, whose rows are reset to the mean embedding."""
     if saved is None or data_tokenizer is None:
-        return
+        return []
     theirs, ours = saved.get("fingerprint"), data_tokenizer.fingerprint()
-    if theirs != ours:
-        raise WarmStartError(
-            f"--model.init_weights {source} was trained with tokenizer {saved.get('name')!r} "
-            f"({str(theirs)[:12]}) but the dataset is tokenized with {data_tokenizer.name!r} ({ours[:12]}): "
-            "the same ids would mean different text. Prepare the data with the checkpoint's tokenizer "
-            "(e.g. lightning-llm prepare --tokenizer gpt2 for a GPT-2 checkpoint)."
-        )
+    if theirs == ours:
+        return []
+    saved_special = {str(k): int(v) for k, v in (saved.get("special_tokens") or {}).items()}
+    base = data_tokenizer.base() if hasattr(data_tokenizer, "base") else data_tokenizer
+    kept = all(data_tokenizer.special_tokens.get(k) == v for k, v in saved_special.items())
+    if kept and _base_fingerprint(saved) == base.fingerprint():
+        return sorted(set(data_tokenizer.special_tokens.values()) - set(saved_special.values()))
+    raise WarmStartError(
+        f"--model.init_weights {source} was trained with tokenizer {saved.get('name')!r} "
+        f"({str(theirs)[:12]}) but the dataset is tokenized with {data_tokenizer.name!r} ({ours[:12]}): "
+        "the same ids would mean different text. Prepare the data with the checkpoint's tokenizer "
+        "(e.g. lightning-llm prepare --tokenizer gpt2 for a GPT-2 checkpoint)."
+    )
 
 
-def grow_vocab(state: dict[str, torch.Tensor], vocab_size: int) -> int:
-    """Extend the embedding and head rows of ``state`` to ``vocab_size``; each new row is the mean of the
-    old rows. Returns how many rows were added."""
+def _base_fingerprint(saved: dict[str, Any]) -> str | None:
+    """Fingerprint of a stored tokenizer without its extra special tokens."""
+    from lightning_llm.data.tokenizer import Tokenizer, TokenizerError
+
+    try:
+        return Tokenizer.from_dict(saved).base().fingerprint()
+    except (TokenizerError, KeyError, TypeError, ValueError):
+        return None
+
+
+def grow_vocab(state: dict[str, torch.Tensor], vocab_size: int, reset_ids: list[int] | None = None) -> int:
+    """Extend the embedding and head rows of ``state`` to ``vocab_size``; each new row, and each row in
+    ``reset_ids`` (new special tokens whose rows the checkpoint's model never trained), is the mean of the
+    other old rows. Returns how many rows were added or reset."""
     added = 0
     for key in VOCAB_TENSORS:
         weight = state.get(key)
-        if weight is None or weight.shape[0] >= vocab_size:
+        if weight is None:
             continue
-        added = vocab_size - weight.shape[0]
-        mean = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)
-        state[key] = torch.cat([weight, mean.expand(added, -1)])
+        old = weight.shape[0]
+        reset = [i for i in (reset_ids or []) if i < old]
+        keep = torch.ones(old, dtype=torch.bool)
+        keep[reset] = False
+        mean = weight[keep].float().mean(dim=0, keepdim=True).to(weight.dtype)
+        grown = max(0, vocab_size - old)
+        if grown:
+            weight = torch.cat([weight, mean.expand(grown, -1)])
+        if reset:
+            weight = weight.clone() if not grown else weight
+            weight[reset] = mean
+        state[key] = weight
+        added = grown + len(reset)
     return added
 
 
@@ -92,12 +121,14 @@ def load_initial_weights(model: nn.Module, path: str | Path, data_tokenizer: Any
     source = str(path)
     donor, tokenizer = load_checkpoint(path, "cpu", torch.float32)
     check_config(donor.config, model.config, source)
-    check_tokenizer(tokenizer.to_dict() if tokenizer is not None else None, data_tokenizer, source)
+    new_ids = check_tokenizer(tokenizer.to_dict() if tokenizer is not None else None, data_tokenizer, source)
     state = donor.state_dict()
     del donor
-    added = grow_vocab(state, model.config.vocab_size)
+    added = grow_vocab(state, model.config.vocab_size, new_ids)
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["wte.weight"]
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
     grown = f"; {added} new vocabulary rows set to the mean embedding" if added else ""
+    if new_ids:
+        grown += f" (incl. the dataset tokenizer's {len(new_ids)} new special tokens)"
     return f"Starting from the weights of {source} (step 0, fresh optimizer{grown})."
