@@ -229,6 +229,8 @@ def sample(
     device: str = "cpu",
     dtype: DtypeName = "auto",
     stop_at_eot: bool = True,
+    chat: bool = False,
+    system: str | None = None,
 ) -> str:
     """Sample text from a checkpoint, streaming tokens to the terminal as they are produced.
 
@@ -248,6 +250,9 @@ def sample(
         dtype: Precision to run in: auto, float32 (fp32), bfloat16 (bf16) or float16 (fp16). auto: bfloat16 on
             a GPU that has it, else float16 on a GPU; float32 on the CPU.
         stop_at_eot: Stop at the end-of-text token that separates documents.
+        chat: The prompt is a user message: render it with the checkpoint's chat template (a model fine-tuned
+            with lightning-llm sft / dpo), print the assistant's reply, stop at its end-of-turn token.
+        system: With --chat, a system message before the user's.
     """
     from lightning_llm.generate import check_sampling, generate_tokens
 
@@ -262,7 +267,12 @@ def sample(
     run_dtype, why = resolve_dtype(dtype, dev)
     model, tok = load_checkpoint(ckpt_path, dev, run_dtype)
     print(f"generate: {dtype_name(run_dtype)} on {dev} ({why})", file=sys.stderr, flush=True)
-    ids = tok.encode(prompt)
+    if chat:
+        ids = _chat_prompt(tok, prompt, system)
+    elif system is not None:
+        raise UserError("--system is a chat message: use it with --chat.")
+    else:
+        ids = tok.encode(prompt)
     if not ids:
         raise UserError("The prompt encodes to no tokens; give a non-empty --prompt.")
     block = model.config.block_size
@@ -281,11 +291,16 @@ def sample(
     idx = torch.tensor([ids], device=dev)
     out: list[int] = []
     shown = ""
-    sys.stdout.write(prompt)
+    sys.stdout.write("" if chat else prompt)
     eos = tok.eot_id if stop_at_eot else None
+    stops = {eos} - {None}
+    if chat:  # a reply ends at <|end|> (or <|endoftext|>), whatever stop_at_eot says
+        from lightning_llm.chat import stop_ids
+
+        eos, stops = stop_ids(tok)[0], set(stop_ids(tok))
     for nxt in generate_tokens(model, idx, max_new_tokens, temperature, top_k, top_p, eos, gen):
         t = int(nxt[0, 0])
-        if eos is not None and t == eos:
+        if t in stops:
             break
         out.append(t)
         text = tok.decode(out)
@@ -296,11 +311,33 @@ def sample(
     text = tok.decode(out)
     sys.stdout.write(text[len(shown) :] + "\n")
     sys.stdout.flush()
-    return prompt + text
+    return text if chat else prompt + text
+
+
+def _chat_prompt(tok: Any, prompt: str, system: str | None) -> list[int]:
+    from lightning_llm.chat import ChatFormatError, prompt_ids
+
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": prompt}
+    ]
+    try:
+        return prompt_ids(tok, messages)
+    except ChatFormatError as err:
+        raise UserError(f"--chat: {err}") from None
 
 
 def generate_main(argv: list[str] | None = None) -> None:
     """Entry point of ``lightning-llm generate``: ``sample``'s arguments as options."""
     from jsonargparse import CLI
 
-    CLI(sample, args=argv, as_positional=False)
+    CLI(sample, args=_bare_flags(list(sys.argv[1:] if argv is None else argv)), as_positional=False)
+
+
+def _bare_flags(argv: list[str]) -> list[str]:
+    """``--chat`` alone means ``--chat true`` (jsonargparse's booleans take a value)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--chat" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            out.append("true")
+    return out

@@ -133,7 +133,9 @@ def train_main(argv: list[str]) -> None:
     _lightning_cli(argv)
 
 
-def _lightning_cli(argv: list[str]) -> None:
+def _lightning_cli(argv: list[str], model_class: Any = None, datamodule_class: Any = None) -> None:
+    """The LightningCLI of a ``model_class`` (default ``LitGPT``) and ``datamodule_class`` (default
+    ``TokenDataModule``): ``lightning-llm sft`` and ``dpo`` run it with their own classes."""
     from jsonargparse import set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # dataclass field docstrings → --help
@@ -215,8 +217,8 @@ def _lightning_cli(argv: list[str]) -> None:
                     print(f"lightning-llm: {why}", file=sys.stderr)
 
     LLMCLI(
-        LitGPT,
-        TokenDataModule,
+        model_class or LitGPT,
+        datamodule_class or TokenDataModule,
         args=None if argv == sys.argv[1:] else argv,  # LightningCLI warns when given both
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
