@@ -64,7 +64,42 @@ def _fit_2_processes(out: Path, data: Path, preset: str, *extra: str) -> Path:
 def fsdp2_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The directory of a 3-step ``configs/fsdp2.yaml`` run (dp 2) with ``ckpt/last.ckpt`` (a distributed
     checkpoint directory) and ``full_weights.pt`` (what the run held at the end)."""
-    return _fit_2_processes(tmp_path_factory.mktemp("fsdp2_run"), tiny_dataset, "fsdp2.yaml")
+    out = tmp_path_factory.mktemp("fsdp2_run")
+    report = ("--trainer.callbacks+=shard_report.ShardReport", f"--trainer.callbacks.init_args.out_dir={out}")
+    return _fit_2_processes(out, tiny_dataset, "fsdp2.yaml", *report)
+
+
+def _shard_reports(run: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(run.glob("rank*.json"))]
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_the_model_and_the_optimizer_state(fsdp2_run: Path) -> None:
+    reports = _shard_reports(fsdp2_run)
+    assert len(reports) == 2
+    for r in reports:
+        assert 0.4 < r["local_params"] / r["total_params"] < 0.6, r
+        assert 0.4 < r["local_optimizer_numel"] / (2 * r["total_params"]) < 0.6, r
+        assert r["loss_finite"]
+    assert (fsdp2_run / "ckpt" / "last.ckpt").is_dir()  # a distributed checkpoint
+
+
+@pytest.mark.slow
+def test_fsdp2_resumes_its_directory_on_2_processes(
+    fsdp2_run: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    fit(
+        tmp_path,
+        tiny_dataset,
+        "fsdp2.yaml",
+        "--trainer.max_steps=5",
+        f"--ckpt_path={fsdp2_run / 'ckpt' / 'last.ckpt'}",
+        "--trainer.callbacks+=shard_report.ShardReport",
+        f"--trainer.callbacks.init_args.out_dir={tmp_path}",
+    )
+    reports = _shard_reports(tmp_path)
+    assert [r["global_step"] for r in reports] == [5, 5]
+    assert all(r["first_step_seen"] == 3 for r in reports)  # resumed, not restarted
 
 
 def _assert_equals_the_run(ckpt: dict, run: Path) -> None:
