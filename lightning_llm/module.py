@@ -137,8 +137,16 @@ class LitGPT(CheckpointHooks, L.LightningModule):
     # -- model construction -------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Build the GPT (on the meta device under FSDP2) and apply parallelism from the outside."""
-        if self.model is not None:
-            return
+        if self.model is None:
+            self.model = self.build_gpt(
+                self.activation_checkpointing, freeze_embeddings=self.freeze_embeddings
+            )
+
+    def build_gpt(
+        self, activation_checkpointing: bool, *, freeze_embeddings: bool = False, frozen: bool = False
+    ) -> GPT:
+        """A GPT of ``self.config`` on the trainer's device and precision, parallelised like the run
+        (FSDP2 / tensor parallel mesh, compile); ``LitDPO`` builds its reference with it too."""
         from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
         from lightning_llm.parallel import parallelize
@@ -146,21 +154,24 @@ class LitGPT(CheckpointHooks, L.LightningModule):
         trainer = self._trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         precision = str(trainer.precision) if trainer is not None else "32-true"
-        self.model = GPT(self.config, device_type=device.type, dtype=training_dtype(precision))
-        if self.freeze_embeddings:
-            self._freeze_embeddings()
+        model = GPT(self.config, device_type=device.type, dtype=training_dtype(precision))
+        if freeze_embeddings:
+            self._freeze_embeddings(model)
+        if frozen:  # before sharding, so FSDP2 plans no gradient reduction for it
+            model.requires_grad_(False)
         strategy = trainer.strategy if trainer is not None else None
         mesh = self.device_mesh if isinstance(strategy, ModelParallelStrategy) else None
         parallelize(
-            self.model,
+            model,
             device=device,
             mesh=mesh,
             tensor_parallel=self.tensor_parallel,
             # FSDP1 checkpoints activations itself (activation_checkpointing_policy in its preset)
-            activation_checkpointing=self.activation_checkpointing and not isinstance(strategy, FSDPStrategy),
+            activation_checkpointing=activation_checkpointing and not isinstance(strategy, FSDPStrategy),
             compile=self.compile,
             param_dtype=fsdp_param_dtype(precision) if mesh is not None else None,
         )
+        return model
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule if self._trainer is not None else None
@@ -217,10 +228,10 @@ class LitGPT(CheckpointHooks, L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)  # type: ignore[misc]
 
-    def _freeze_embeddings(self) -> None:
-        frozen = [n for n, m in self.model.named_modules() if isinstance(m, nn.Embedding)]  # type: ignore[union-attr]
+    def _freeze_embeddings(self, model: GPT) -> None:
+        frozen = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
         for name in frozen:
-            self.model.get_submodule(name).requires_grad_(False)  # type: ignore[union-attr]
+            model.get_submodule(name).requires_grad_(False)
         tied = " (tied: the output head too)" if self.config.tie_embeddings else ""
         rank_zero_info(
             f"freeze_embeddings: {', '.join(frozen)} frozen{tied}; they get no gradient or update."
@@ -246,27 +257,32 @@ class LitGPT(CheckpointHooks, L.LightningModule):
     ) -> torch.Tensor | None:
         x, y = self._inputs_targets(batch)
         loss = self.model(x, y)  # type: ignore[misc]
-        if self.on_nonfinite_loss == "skip":
-            # reads the loss on the host: one synchronisation per step on a GPU (said once at fit start)
-            if not torch.isfinite(loss):
-                self.skipped_steps += 1
-                self.skipped_in_a_row += 1
-                self.log("train/skipped_steps", float(self.skipped_steps))
-                if self.skipped_in_a_row >= 3 or self.skipped_steps > self.max_skipped_steps:
-                    raise NonFiniteLossError(
-                        f"{self.skipped_steps} steps skipped for a non-finite loss ({self.skipped_in_a_row} in a "
-                        f"row, at optimizer step {self.global_step}): the model is not recovering "
-                        f"(limit: model.max_skipped_steps={self.max_skipped_steps}, 3 in a row). The last "
-                        "checkpoint is intact; resume it with a lower --model.optimizer.lr or gradient clipping."
-                    )
-                return None
-            self.skipped_in_a_row = 0
-        else:
-            # no host synchronisation: the flag stays on the device and is read at logging intervals and
-            # before every checkpoint save (``_raise_if_nonfinite``)
-            self.nonfinite.record(loss, self.global_step)
+        if self.drop_nonfinite(loss):
+            return None
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
+
+    def drop_nonfinite(self, loss: torch.Tensor) -> bool:
+        """Whether to drop this step's update. ``on_nonfinite_loss=stop`` never drops and never reads the loss
+        on the host (the flag stays on the device, read at logging intervals and before every save, see
+        ``_raise_if_nonfinite``); ``skip`` reads it each step (one synchronisation, said once at fit start)."""
+        if self.on_nonfinite_loss != "skip":
+            self.nonfinite.record(loss, self.global_step)
+            return False
+        if torch.isfinite(loss):
+            self.skipped_in_a_row = 0
+            return False
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self.skipped_in_a_row >= 3 or self.skipped_steps > self.max_skipped_steps:
+            raise NonFiniteLossError(
+                f"{self.skipped_steps} steps skipped for a non-finite loss ({self.skipped_in_a_row} in a "
+                f"row, at optimizer step {self.global_step}): the model is not recovering "
+                f"(limit: model.max_skipped_steps={self.max_skipped_steps}, 3 in a row). The last "
+                "checkpoint is intact; resume it with a lower --model.optimizer.lr or gradient clipping."
+            )
+        return True
 
     def on_fit_start(self) -> None:
         self._check_disk_space()
