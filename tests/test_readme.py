@@ -1,7 +1,8 @@
 """Keep the README true: every command in it parses against the real CLI, and the files it names exist.
 
 The quick-start commands themselves run for real in CI (`.ci/run` runs `make test` then `make quickstart`);
-the distributed ones run in small form in tests/training/test_cli.py.
+the distributed ones run in small form in tests/training/test_cli.py, the post-training ones (same presets,
+tiny model) in tests/post_training/test_post_training_cli.py.
 """
 
 from __future__ import annotations
@@ -46,7 +47,18 @@ def test_readme_cli_command_parses(line, tmp_path):
         if a == "--config":
             assert (ROOT / args[i + 1]).is_file(), f"README names a missing config {args[i + 1]}"
     # commands with a config parser are parsed in full; the others must at least accept their arguments
-    check = "--print_config" if args[0] in ("fit", "validate", "test", "prepare", "generate") else "--help"
+    parsed_in_full = (
+        "fit",
+        "validate",
+        "test",
+        "prepare",
+        "generate",
+        "sft",
+        "dpo",
+        "prepare-sft",
+        "prepare-dpo",
+    )
+    check = "--print_config" if args[0] in parsed_in_full else "--help"
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_llm", *args, check],
         cwd=ROOT,

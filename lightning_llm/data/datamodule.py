@@ -277,6 +277,13 @@ def _check_prepared(path: Path) -> tuple[dict[str, Any], Tokenizer]:
     marker = read_marker(path)
     if marker is None:
         raise DataError(f"{path} is not a (completely) prepared dataset: no {MARKER}. {hint}")
+    kind = marker.get("kind")
+    if kind is not None:  # written by prepare-sft / prepare-dpo: conversations, not token windows
+        raise DataError(
+            f"{path} is a post-training dataset ({kind}, made by lightning-llm prepare-{kind}), not a pretraining "
+            f"corpus: train on it with `lightning-llm {kind} --data.path {path}`, or point --data.path at a "
+            "directory made by lightning-llm prepare."
+        )
     try:
         tokenizer = Tokenizer.load(path / TOKENIZER_DIR)
     except TokenizerError as err:

