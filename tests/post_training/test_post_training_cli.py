@@ -165,3 +165,45 @@ def test_pretraining_on_a_chat_dataset_says_which_command_to_use(sft_data, tmp_p
         f"--trainer.default_root_dir={tmp_path}",
     )  # fmt: skip
     assert code is not None and "lightning-llm sft" in code
+
+
+FSDP2_STRATEGY = """
+trainer:
+  devices: 2
+  precision: 32-true
+  strategy:
+    class_path: lightning.pytorch.strategies.ModelParallelStrategy
+    init_args: {data_parallel_size: 2, tensor_parallel_size: 1, process_group_backend: gloo}
+model:
+  optimizer: {fused: false}
+"""
+
+
+@pytest.mark.slow
+def test_dpo_on_2_fsdp2_processes_shards_the_reference_like_the_policy(base, dpo_data, tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "fsdp2.yaml").write_text(FSDP2_STRATEGY)
+    args = [
+        "dpo", "--config", str(ROOT / "configs" / "dpo-quickstart.yaml"), "--config", str(tmp_path / "fsdp2.yaml"),
+        *TINY, f"--data.path={dpo_data}", f"--model.init_weights={base}", f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--model.schedule.warmup_steps=1",
+        "--trainer.callbacks+=shard_report.DPOShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "training"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_llm", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("dpo_rank*.json"))]
+    assert len(reports) == 2
+    for r in reports:
+        assert 0.4 < r["policy_local"] < 0.6 and 0.4 < r["reference_local"] < 0.6, r  # both sharded in two
+        assert r["same_mesh"] and r["reference_frozen"], r
+        assert r["reference_after"] == r["reference_before"], r  # never updated
+        assert r["policy_checksum"] != r["reference_after"], r  # the policy was
+    assert reports[0]["policy_checksum"] == pytest.approx(reports[1]["policy_checksum"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_dir()  # a distributed checkpoint, policy only

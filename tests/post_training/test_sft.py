@@ -221,3 +221,26 @@ def test_generate_chat_on_a_model_without_chat_tokens_says_so(
     assert code is not None and "no chat tokens" in code and "lightning-llm sft" in code
     code, _, _ = run_command(capsys, "generate", "--ckpt_path", str(plain), "--system", "x", "--prompt", "hi")
     assert code is not None and "--system is a chat message" in code
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_freeze_embeddings_keeps_them_and_trains_the_rest(tied: bool) -> None:
+    from lightning_llm.module import LitGPT
+
+    cfg = GPTConfig(
+        vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=False, tie_embeddings=tied
+    )
+    lit = LitGPT(cfg, freeze_embeddings=True)
+    lit.configure_model()
+    model = lit.model
+    head = model.lm_head.weight.detach().clone()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(lit.param_groups(), lr=1e-2)
+    batch = {"input_ids": torch.randint(0, 64, (2, 8)), "labels": torch.randint(0, 64, (2, 8))}
+    lit.training_step(batch, 0).backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    assert torch.equal(after["wte.weight"], before["wte.weight"]) and model.wte.weight.grad is None
+    head_same = torch.equal(model.lm_head.weight, head)
+    assert head_same == tied  # a tied head is the embedding; an untied one trains
+    assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])

@@ -56,3 +56,41 @@ class ShardReport(L.Callback):
             "loss_finite": self.loss_finite,
         }
         (self.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+
+
+class DPOShardReport(L.Callback):
+    """Per rank, for ``lightning-llm dpo``: how much of the policy and of the frozen reference this rank holds,
+    whether the reference is on the policy's mesh, and the full reference checksum before and after training."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.before: float | None = None
+
+    @staticmethod
+    def _checksum(params: list[torch.Tensor]) -> float:
+        return sum(
+            float((p.full_tensor() if hasattr(p, "full_tensor") else p.detach()).double().sum())
+            for p in params
+        )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.before is None:  # after on_fit_start loaded the reference's weights
+            self.before = self._checksum(list(pl_module.reference_model.parameters()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        ref = list(pl_module.reference_model.parameters())
+        policy = list(pl_module.model.parameters())
+        report = {
+            "rank": trainer.global_rank,
+            "policy_local": sum(_local_numel(p) for p in policy) / sum(p.numel() for p in policy),
+            "reference_local": sum(_local_numel(p) for p in ref) / sum(p.numel() for p in ref),
+            "same_mesh": all(
+                getattr(r, "device_mesh", None) == getattr(p, "device_mesh", None)
+                for r, p in zip(ref, policy, strict=True)
+            ),
+            "reference_frozen": not any(p.requires_grad for p in ref),
+            "reference_before": self.before,
+            "reference_after": self._checksum(ref),
+            "policy_checksum": self._checksum(policy),
+        }
+        (self.out_dir / f"dpo_rank{trainer.global_rank}.json").write_text(json.dumps(report))
