@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,18 @@ TINY = [
     "--trainer.log_every_n_steps=1",
 ]
 WORDS = "apple river stone cloud candle mirror garden violet thunder anchor meadow lantern".split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_process_state() -> Iterator[None]:
+    """The runs here are in-process: keep what they change out of the tests that follow. Lightning sets
+    MASTER_PORT in os.environ (later 2-process runs would all inherit that one port), and fit puts the
+    allocator in 'cache' mode for good (a later run asking for 'system' could not go back)."""
+    saved = dict(os.environ)
+    os.environ["LIGHTNING_LLM_MALLOC"] = "system"
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _run(capsys, *argv: str) -> str:
@@ -181,7 +195,6 @@ model:
 
 @pytest.mark.slow
 def test_dpo_on_2_fsdp2_processes_shards_the_reference_like_the_policy(base, dpo_data, tmp_path) -> None:
-    import os
     import subprocess
     import sys
 
@@ -192,7 +205,11 @@ def test_dpo_on_2_fsdp2_processes_shards_the_reference_like_the_policy(base, dpo
         "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--model.schedule.warmup_steps=1",
         "--trainer.callbacks+=shard_report.DPOShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "training"), "PYTHONUNBUFFERED": "1"}
+    # not the rendezvous variables the in-process runs above left behind (Lightning sets MASTER_PORT)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+    }
+    env.update(PYTHONPATH=str(ROOT / "tests" / "training"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_llm", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
         timeout=300,
