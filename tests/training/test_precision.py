@@ -18,6 +18,9 @@ def test_training_dtype_knows_lightnings_strings_and_refuses_others() -> None:
 
 def test_emulated_bf16_becomes_fp32_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(
+        precision, "cpu_bf16_native", lambda: None
+    )  # a CPU whose instructions torch can't tell
     monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 40.0)
     chosen, why = precision.cpu_precision("bf16-mixed")
     assert chosen == "32-true"
@@ -26,11 +29,34 @@ def test_emulated_bf16_becomes_fp32_and_says_why(monkeypatch: pytest.MonkeyPatch
 
 
 def test_native_bf16_or_opt_in_keeps_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: None)
     monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 0.6)
     assert precision.cpu_precision("bf16-mixed") == ("bf16-mixed", None)
     monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 40.0)
     monkeypatch.setenv(precision.CPU_BF16_ENV, "1")
     assert precision.cpu_precision("bf16-true") == ("bf16-true", None)
+
+
+def test_the_instruction_set_decides_before_any_timing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(precision.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 1.1)  # a timing fooled by a busy machine
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
+    chosen, why = precision.cpu_precision("bf16-mixed")
+    assert chosen == "32-true" and "neither AVX512-BF16 nor AMX" in why
+    monkeypatch.setattr(precision, "cpu_bf16_slowdown", lambda: 40.0)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: True)
+    assert precision.cpu_precision("bf16-mixed") == ("bf16-mixed", None)
+
+
+def test_the_instruction_set_answer_agrees_with_torch_here() -> None:
+    import platform
+
+    native = precision.cpu_bf16_native()
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert native == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    else:
+        assert native is None
 
 
 def test_slowdown_is_measured_here() -> None:
