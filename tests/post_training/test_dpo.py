@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,7 @@ def test_fsdp2_reference_is_sharded_like_the_policy(start_ckpt: Path, tmp_path: 
     strategy = ModelParallelStrategy(
         data_parallel_size=1, tensor_parallel_size=1, process_group_backend="gloo"
     )
+    saved_env = dict(os.environ)  # Lightning sets MASTER_PORT & co. in this process's environment
     try:
         trainer = make_trainer(tmp_path, max_steps=2, strategy=strategy)
         trainer.fit(lit, loader(2, 4, seed=0))
@@ -392,3 +394,7 @@ def test_fsdp2_reference_is_sharded_like_the_policy(start_ckpt: Path, tmp_path: 
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        # later 2-process runs inherit os.environ: with this run's MASTER_PORT they would all rendezvous on
+        # one port (EADDRINUSE in a full test run)
+        os.environ.clear()
+        os.environ.update(saved_env)

@@ -29,12 +29,17 @@ TINY = [
 WORDS = "apple river stone cloud candle mirror garden violet thunder anchor meadow lantern".split()
 
 
+CLEAN_ENV: dict[str, str] = {}
+"""The environment before this module's in-process runs (for its subprocesses)."""
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _isolated_process_state() -> Iterator[None]:
     """The runs here are in-process: keep what they change out of the tests that follow. Lightning sets
     MASTER_PORT in os.environ (later 2-process runs would all inherit that one port), and fit puts the
     allocator in 'cache' mode for good (a later run asking for 'system' could not go back)."""
     saved = dict(os.environ)
+    CLEAN_ENV.update(saved)
     os.environ["LIGHTNING_LLM_MALLOC"] = "system"
     yield
     os.environ.clear()
@@ -205,10 +210,9 @@ def test_dpo_on_2_fsdp2_processes_shards_the_reference_like_the_policy(base, dpo
         "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--model.schedule.warmup_steps=1",
         "--trainer.callbacks+=shard_report.DPOShardReport", f"--trainer.callbacks.init_args.out_dir={tmp_path}",
     ]  # fmt: skip
-    # not the rendezvous variables the in-process runs above left behind (Lightning sets MASTER_PORT)
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
-    }
+    # the environment from before the in-process runs above: Lightning leaves MASTER_PORT, LOCAL_RANK, ... in
+    # os.environ, and a child that sees LOCAL_RANK thinks it was launched and waits for its peers
+    env = dict(CLEAN_ENV)
     env.update(PYTHONPATH=str(ROOT / "tests" / "training"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_llm", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
