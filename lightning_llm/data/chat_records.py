@@ -41,8 +41,8 @@ import numpy as np
 
 from lightning_llm.chat import IGNORE_INDEX, ChatFormatError, check_messages, render
 from lightning_llm.data.errors import DataError, damaged
-from lightning_llm.data.integrity import index_sha256
-from lightning_llm.data.layout import INDEX, SPLITS, read_json
+from lightning_llm.data.integrity import index_sha256, verify_items
+from lightning_llm.data.layout import INDEX, SPLITS
 from lightning_llm.data.tokenizer import Tokenizer
 
 DATA_FORMAT = "lightning_llm.chat_data/1"
@@ -356,47 +356,6 @@ def record_json(record: Conversation | PreferencePair) -> dict[str, Any]:
 
 
 # -- the prepared directory -------------------------------------------------------------------------------
-_HEADER_ITEM = 4  # a litdata chunk starts with a uint32 item count, then count + 1 uint32 byte offsets
-
-
-def verify_items(dataset: Path, split: str) -> int:
-    """Check ``dataset/split``'s chunk files against its index without reading items; returns the item count.
-
-    Every chunk listed must exist with the recorded size, and its header must hold the recorded number of
-    items and end at the file's end.
-    """
-    split_dir = dataset / split
-    if not (split_dir / INDEX).is_file():
-        raise damaged(dataset, f"{split}/{INDEX} is missing")
-    index = read_json(split_dir / INDEX, dataset)
-    chunks = index.get("chunks") if isinstance(index, dict) else None
-    if not isinstance(chunks, list) or not chunks:
-        raise damaged(dataset, f"{split}/{INDEX} lists no chunks")
-    items = 0
-    for c in chunks:
-        try:
-            name, size, count = c["filename"], int(c["chunk_bytes"]), int(c["chunk_size"])
-        except (KeyError, TypeError, ValueError):
-            raise damaged(dataset, f"{split}/{INDEX} has a malformed chunk entry {c!r:.200}") from None
-        path = split_dir / name
-        if Path(name).name != name or not path.is_file():
-            raise damaged(dataset, f"chunk {split}/{name} is missing")
-        if path.stat().st_size != size:
-            raise damaged(
-                dataset, f"chunk {split}/{name} is {path.stat().st_size:,} bytes, its index records {size:,}"
-            )
-        with open(path, "rb") as f:
-            head = int.from_bytes(f.read(_HEADER_ITEM), "little")
-            f.seek((count + 1) * _HEADER_ITEM)
-            end = int.from_bytes(f.read(_HEADER_ITEM), "little")
-        if head != count or end != size:
-            raise damaged(
-                dataset, f"chunk {split}/{name} has been overwritten (its header does not match its index)"
-            )
-        items += count
-    return items
-
-
 def verify_chat_dataset(dataset: str | Path, marker: dict[str, Any], tokenizer_fingerprint: str) -> None:
     """Check a post-training directory against its marker (tokenizer, splits); raises ``DatasetDamaged``."""
     dataset = Path(dataset)

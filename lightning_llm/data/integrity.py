@@ -32,12 +32,8 @@ def index_sha256(split_dir: str | Path) -> str:
     return hashlib.sha256((Path(split_dir) / INDEX).read_bytes()).hexdigest()
 
 
-def verify_split(dataset: Path, split: str, vocab_size: int) -> dict[str, int]:
-    """Check ``dataset/split`` against its index (without reading tokens); returns tokens and documents.
-
-    Every chunk listed must exist with the recorded size, its header must hold the recorded number of
-    documents and end at the file's end, and its tokens must be 2 bytes (vocabularies up to 65536) or 4.
-    """
+def index_chunks(dataset: Path, split: str) -> list[Any]:
+    """The chunk entries of ``dataset/split/index.json``; a missing or empty index is a damaged dataset."""
     split_dir = dataset / split
     if not (split_dir / INDEX).is_file():
         raise damaged(dataset, f"{split}/{INDEX} is missing")
@@ -45,9 +41,36 @@ def verify_split(dataset: Path, split: str, vocab_size: int) -> dict[str, int]:
     chunks = index.get("chunks") if isinstance(index, dict) else None
     if not isinstance(chunks, list) or not chunks:
         raise damaged(dataset, f"{split}/{INDEX} lists no chunks")
+    return chunks
+
+
+def check_chunk(dataset: Path, split: str, name: str, size: int, items: int) -> None:
+    """A chunk file the index lists must exist with the recorded size, and its header (a uint32 item count,
+    then count + 1 uint32 byte offsets) must hold the recorded number of items and end at the file's end."""
+    where = f"{split}/{name}"
+    path = dataset / split / name
+    if Path(name).name != name or not path.is_file():
+        raise damaged(dataset, f"chunk {where} is missing")
+    actual = path.stat().st_size
+    if actual != size:
+        raise damaged(dataset, f"chunk {where} is {actual:,} bytes, its index records {size:,}")
+    with open(path, "rb") as f:
+        count = int.from_bytes(f.read(_HEADER_ITEM), "little")
+        f.seek((items + 1) * _HEADER_ITEM)
+        end = int.from_bytes(f.read(_HEADER_ITEM), "little")
+    if count != items or end != size:
+        raise damaged(dataset, f"chunk {where} has been overwritten (its header does not match its index)")
+
+
+def verify_split(dataset: Path, split: str, vocab_size: int) -> dict[str, int]:
+    """Check ``dataset/split`` against its index (without reading tokens); returns tokens and documents.
+
+    Every chunk listed must pass ``check_chunk``, and its tokens must be 2 bytes (vocabularies up to 65536)
+    or 4.
+    """
     itemsize = 2 if vocab_size <= 2**16 else 4
     tokens = documents = 0
-    for c in chunks:
+    for c in index_chunks(dataset, split):
         try:
             name, size, n_docs, dim = (
                 c["filename"],
@@ -57,27 +80,28 @@ def verify_split(dataset: Path, split: str, vocab_size: int) -> dict[str, int]:
             )
         except (KeyError, TypeError, ValueError):
             raise damaged(dataset, f"{split}/{INDEX} has a malformed chunk entry {c!r}") from None
-        where = f"{split}/{name}"
-        path = split_dir / name
-        if Path(name).name != name or not path.is_file():
-            raise damaged(dataset, f"chunk {where} is missing")
-        actual = path.stat().st_size
-        if actual != size:
-            raise damaged(dataset, f"chunk {where} is {actual:,} bytes, its index records {size:,}")
-        header = (n_docs + 2) * _HEADER_ITEM
-        if size != header + dim * itemsize:
-            raise damaged(dataset, f"{split}/{INDEX} records {dim:,} tokens in {where}, which does not fit")
-        with open(path, "rb") as f:
-            count = int.from_bytes(f.read(_HEADER_ITEM), "little")
-            f.seek((n_docs + 1) * _HEADER_ITEM)
-            end = int.from_bytes(f.read(_HEADER_ITEM), "little")
-        if count != n_docs or end != size:
+        if size != (n_docs + 2) * _HEADER_ITEM + dim * itemsize:
             raise damaged(
-                dataset, f"chunk {where} has been overwritten (its header does not match its index)"
+                dataset, f"{split}/{INDEX} records {dim:,} tokens in {split}/{name}, which does not fit"
             )
+        check_chunk(dataset, split, name, size, n_docs)
         tokens += dim
         documents += n_docs
     return {"tokens": tokens, "documents": documents}
+
+
+def verify_items(dataset: Path, split: str) -> int:
+    """``verify_split`` for chunks of items that are not token arrays (post-training records): returns the
+    item count."""
+    items = 0
+    for c in index_chunks(dataset, split):
+        try:
+            name, size, count = c["filename"], int(c["chunk_bytes"]), int(c["chunk_size"])
+        except (KeyError, TypeError, ValueError):
+            raise damaged(dataset, f"{split}/{INDEX} has a malformed chunk entry {c!r:.200}") from None
+        check_chunk(dataset, split, name, size, count)
+        items += count
+    return items
 
 
 def verify_dataset(dataset: str | Path, marker: dict[str, Any], tokenizer_fingerprint: str) -> None:
