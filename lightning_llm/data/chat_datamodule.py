@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_llm.chat import IGNORE_INDEX
 from lightning_llm.data.chat_records import A_KIND, DATA_FORMAT, KINDS, verify_chat_dataset
-from lightning_llm.data.datamodule import TokenDataModule, _loader_class
+from lightning_llm.data.datamodule import ResumableTrainLoader, TokenDataModule, _loader_class
 from lightning_llm.data.errors import DataError, damaged
 from lightning_llm.data.layout import MARKER, TOKENIZER_DIR, read_marker
 from lightning_llm.data.tokenizer import Tokenizer, TokenizerError
@@ -86,7 +86,7 @@ class ChatCollate:
         return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
 
 
-class _PostTrainingData(L.LightningDataModule):
+class _PostTrainingData(ResumableTrainLoader, L.LightningDataModule):
     """What the SFT and DPO datamodules share; ``kind`` says which prepared directories they read."""
 
     kind: ClassVar[str] = "sft"
@@ -224,11 +224,7 @@ class _PostTrainingData(L.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         """Shuffled (if ``shuffle``) training batches, resumed from a loaded state if there is one."""
-        self._train_loader = self._loader("train", train=True)
-        if self._pending_state is not None:
-            self._train_loader.load_state_dict(self._pending_state)
-            self._pending_state = None
-        return self._train_loader
+        return self._resume_train_loader(self._loader("train", train=True))
 
     def val_dataloader(self) -> Any:
         """Validation batches in order (never shuffled), every record."""
@@ -245,11 +241,8 @@ class _PostTrainingData(L.LightningDataModule):
     # -- checkpointing ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Training loader position, dataset and tokenizer fingerprints (saved in Lightning checkpoints)."""
-        loader_state = (
-            self._train_loader.state_dict() if self._train_loader is not None else self._pending_state
-        )
         return {
-            "train_loader": loader_state,
+            "train_loader": self._loader_position(),
             "kind": self.kind,
             "dataset_fingerprint": self._marker["fingerprint"],
             "tokenizer_fingerprint": self._tokenizer.fingerprint(),
@@ -268,10 +261,7 @@ class _PostTrainingData(L.LightningDataModule):
                 f"records or settings differ), so its position in the data cannot be restored. Resume with the "
                 f"dataset it was trained on, or start a new run from the checkpoint's weights instead of resuming."
             )
-        self._pending_state = state_dict["train_loader"]
-        if self._pending_state is not None and self._train_loader is not None:
-            self._train_loader.load_state_dict(self._pending_state)
-            self._pending_state = None
+        self._restore_position(state_dict["train_loader"])
 
 
 class ChatDataModule(_PostTrainingData):

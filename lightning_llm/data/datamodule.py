@@ -32,7 +32,7 @@ from lightning_llm.data.integrity import verify_dataset
 from lightning_llm.data.layout import INDEX, MARKER, TOKENIZER_DIR, read_marker
 from lightning_llm.data.tokenizer import Tokenizer, TokenizerError
 
-__all__ = ["DataError", "TokenDataModule", "CheckedCollate", "collate_tokens"]
+__all__ = ["DataError", "TokenDataModule", "CheckedCollate", "ResumableTrainLoader", "collate_tokens"]
 
 
 def collate_tokens(items: list[Any]) -> torch.Tensor:
@@ -69,7 +69,35 @@ class CheckedCollate:
         return torch.from_numpy(batch.astype(np.int64))
 
 
-class TokenDataModule(L.LightningDataModule):
+class ResumableTrainLoader:
+    """The training loader's position as datamodule state (``TokenDataModule`` and the post-training
+    datamodules): a position loaded from a checkpoint before the loader exists is applied when it is made.
+    Expects ``_train_loader`` and ``_pending_state`` attributes (None at first)."""
+
+    _train_loader: Any
+    _pending_state: Any
+
+    def _resume_train_loader(self, loader: Any) -> Any:
+        """Keep ``loader`` as the training loader, moved to a position loaded before it existed."""
+        self._train_loader = loader
+        if self._pending_state is not None:
+            loader.load_state_dict(self._pending_state)
+            self._pending_state = None
+        return loader
+
+    def _loader_position(self) -> Any:
+        """The training loader's state, or the one loaded and not yet applied (saved before training
+        started, or right after a resume)."""
+        return self._train_loader.state_dict() if self._train_loader is not None else self._pending_state
+
+    def _restore_position(self, loader_state: Any) -> None:
+        """Apply a saved loader position now, or when the training loader is made."""
+        self._pending_state = loader_state
+        if loader_state is not None and self._train_loader is not None:
+            self._resume_train_loader(self._train_loader)
+
+
+class TokenDataModule(ResumableTrainLoader, L.LightningDataModule):
     """Batches of token blocks from a directory written by ``lightning-llm prepare``.
 
     Args:
@@ -192,11 +220,7 @@ class TokenDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         """Shuffled (if ``shuffle``) training batches, resumed from a loaded state if there is one."""
-        self._train_loader = self._loader("train", self.shuffle)
-        if self._pending_state is not None:
-            self._train_loader.load_state_dict(self._pending_state)
-            self._pending_state = None
-        return self._train_loader
+        return self._resume_train_loader(self._loader("train", self.shuffle))
 
     def val_dataloader(self) -> Any:
         """Validation batches in order (never shuffled)."""
@@ -213,12 +237,8 @@ class TokenDataModule(L.LightningDataModule):
     # -- checkpointing ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Training loader position, tokenizer fingerprint and block size (saved in Lightning checkpoints)."""
-        if self._train_loader is not None:
-            loader_state = self._train_loader.state_dict()
-        else:  # saved before training started, or right after a resume: keep what was loaded
-            loader_state = self._pending_state
         return {
-            "train_loader": loader_state,
+            "train_loader": self._loader_position(),
             "tokenizer_fingerprint": self._tokenizer.fingerprint(),
             "block_size": self.block_size,
         }
@@ -232,10 +252,7 @@ class TokenDataModule(L.LightningDataModule):
                 f"makes blocks of {self.block_size}: the loader position cannot be restored. "
                 f"Resume with data.block_size={state_dict['block_size']}."
             )
-        self._pending_state = state_dict["train_loader"]
-        if self._pending_state is not None and self._train_loader is not None:
-            self._train_loader.load_state_dict(self._pending_state)
-            self._pending_state = None
+        self._restore_position(state_dict["train_loader"])
 
 
 _LOADER: Any = None
