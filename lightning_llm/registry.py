@@ -37,7 +37,7 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """A name → component table for one kind (attention, positional, norm, mlp, source)."""
+    """A name → component table for one kind (attention, positional, norm, mlp, source, filter)."""
 
     def __init__(self, kind: str, group: str, builtin_module: str | None = None) -> None:
         self.kind = kind
@@ -173,6 +173,7 @@ POSITIONAL: Registry[Any] = Registry(
 NORM: Registry[Any] = Registry("norm", "lightning_llm.norm", "lightning_llm.components.norm")
 MLP: Registry[Any] = Registry("mlp", "lightning_llm.mlp", "lightning_llm.components.mlp")
 SOURCES: Registry[Any] = Registry("source", "lightning_llm.sources", "lightning_llm.data.sources")
+FILTERS: Registry[Any] = Registry("filter", "lightning_llm.filters", "lightning_llm.data.builtin_filters")
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "attention": ATTENTION,
@@ -180,4 +181,5 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "norm": NORM,
     "mlp": MLP,
     "source": SOURCES,
+    "filter": FILTERS,
 }

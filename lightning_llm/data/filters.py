@@ -13,12 +13,10 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import Any
 
-if TYPE_CHECKING:
-    from lightning_llm.data.documents import Document
-
+from lightning_llm.data.filtering import DocumentFilter
 
 # A small English stop-word list, enough to tell running English from lists, code, tables and noise.
 STOPWORDS = frozenset(
@@ -111,21 +109,60 @@ def chars_per_token(text: str) -> float:
     return sum(map(len, tokens)) / len(tokens) if tokens else 0.0
 
 
-@dataclass(frozen=True)
-class RangeFilter:
+class RangeFilter(DocumentFilter):
     """A pipeline step keeping documents whose ``metric(text)`` lies within ``[min, max]`` (None: open)."""
 
-    name: str
-    metric: Callable[[str], float]
-    min: float | None = None
-    max: float | None = None
+    def __init__(
+        self, name: str, metric: Callable[[str], float], min: float | None = None, max: float | None = None
+    ) -> None:
+        self.name, self.metric, self.min, self.max = name, metric, min, max
 
-    def keeps(self, text: str) -> bool:
-        value = self.metric(text)
-        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+    def score(self, text: str) -> float:
+        return self.metric(text)
 
-    def __call__(self, doc: Document) -> Document | None:
-        return doc if self.keeps(doc.text) else None
+    def __repr__(self) -> str:
+        return f"RangeFilter({self.name!r}, min={self.min}, max={self.max})"
+
+
+def _bounded(name: str, metric: Callable[[str], float], doc: str, fraction: bool) -> type[RangeFilter]:
+    """A registrable filter class over one metric, with keyword-only ``min`` / ``max`` options."""
+
+    def __init__(self: RangeFilter, *, min: float | None = None, max: float | None = None) -> None:
+        if min is None and max is None:
+            raise ValueError("set min, max or both (a filter without bounds keeps everything)")
+        for bound in (min, max):
+            if bound is not None and fraction and not 0.0 <= bound <= 1.0:
+                raise ValueError(f"bounds are fractions between 0 and 1; got {bound}")
+        RangeFilter.__init__(self, name, metric, min, max)
+
+    cls = type(name, (RangeFilter,), {"__init__": __init__, "__doc__": doc})
+    if fraction:
+        cls.score_range = (0.0, 1.0)
+    return cls
+
+
+def _ngram_filter_class() -> type[RangeFilter]:
+    def __init__(self: RangeFilter, *, max: float, n: int = 10) -> None:
+        if not 0.0 <= max <= 1.0 or n < 1:
+            raise ValueError(f"max is a fraction between 0 and 1 and n at least 1; got max={max}, n={n}")
+        RangeFilter.__init__(self, f"ngram_repetition_{n}", partial(ngram_repetition_ratio, n=n), None, max)
+
+    doc = "Drop documents whose share of repeated word n-grams is above max (Gopher)."
+    return type(
+        "ngram_repetition", (RangeFilter,), {"__init__": __init__, "__doc__": doc, "score_range": (0.0, 1.0)}
+    )
+
+
+HEURISTICS: dict[str, type[RangeFilter]] = {
+    "length": _bounded("length", num_chars, "Keep documents whose length in characters is within [min, max].", False),
+    "alpha_ratio": _bounded("alpha_ratio", alpha_ratio, "Keep documents whose share of letters is within [min, max].", True),
+    "symbol_ratio": _bounded("symbol_ratio", symbol_ratio, "Keep documents whose share of odd symbols is within [min, max].", True),
+    "chars_per_token": _bounded("chars_per_token", chars_per_token, "Keep documents whose mean word length is within [min, max].", False),
+    "stopword_ratio": _bounded("stopword_ratio", stopword_ratio, "Keep documents whose share of English stop words is within [min, max].", True),
+    "line_repetition": _bounded("line_repetition", line_repetition_ratio, "Keep documents whose share of characters in repeated lines is within [min, max].", True),
+    "ngram_repetition": _ngram_filter_class(),
+}  # fmt: skip
+"""The Gopher-style heuristics as filter plugins (registered by :mod:`lightning_llm.data.builtin_filters`)."""
 
 
 def quality_filters(
@@ -142,17 +179,17 @@ def quality_filters(
     max_chars_per_token: float | None = None,
 ) -> list[RangeFilter]:
     """The filter steps for the bounds that are set, cheapest first; a bound of None adds no step."""
-
-    def ngrams(text: str) -> float:
-        return ngram_repetition_ratio(text, repetition_ngram)
-
-    candidates = [
-        RangeFilter("length", num_chars, min_chars, max_chars),
-        RangeFilter("alpha_ratio", alpha_ratio, min_alpha_ratio),
-        RangeFilter("symbol_ratio", symbol_ratio, None, max_symbol_ratio),
-        RangeFilter("chars_per_token", chars_per_token, min_chars_per_token, max_chars_per_token),
-        RangeFilter("stopword_ratio", stopword_ratio, min_stopword_ratio),
-        RangeFilter("line_repetition", line_repetition_ratio, None, max_line_repetition),
-        RangeFilter(f"ngram_repetition_{repetition_ngram}", ngrams, None, max_ngram_repetition),
+    bounds: list[tuple[str, dict[str, Any]]] = [
+        ("length", {"min": min_chars, "max": max_chars}),
+        ("alpha_ratio", {"min": min_alpha_ratio}),
+        ("symbol_ratio", {"max": max_symbol_ratio}),
+        ("chars_per_token", {"min": min_chars_per_token, "max": max_chars_per_token}),
+        ("stopword_ratio", {"min": min_stopword_ratio}),
+        ("line_repetition", {"max": max_line_repetition}),
+        ("ngram_repetition", {"max": max_ngram_repetition, "n": repetition_ngram}),
     ]
-    return [f for f in candidates if f.min is not None or f.max is not None]
+    out: list[RangeFilter] = []
+    for name, options in bounds:
+        if options.get("min") is not None or options.get("max") is not None:
+            out.append(HEURISTICS[name](**{k: v for k, v in options.items() if v is not None}))
+    return out

@@ -117,7 +117,7 @@ def test_range_filter_bounds_are_inclusive(metric, text: str) -> None:
 
 def _kept_by_defaults(text: str) -> dict[str, bool]:
     steps = config_filters(CleanConfig())
-    return {f.name: f.keeps(text) for f in steps}
+    return {f.name: f.keeps(f.score(text)) for f in steps}
 
 
 BAD = {
