@@ -65,6 +65,10 @@ class DocumentFilter:
     def keeps(self, score: float) -> bool:
         return (self.min is None or score >= self.min) and (self.max is None or score <= self.max)
 
+    def explain(self, text: str, limit: int = 200) -> str:
+        """A short excerpt of a removed document for the report: its head; a filter may show why instead."""
+        return text[:limit] + ("…" if len(text) > limit else "")
+
     def fingerprint(self) -> dict[str, Any]:
         """What decides the scores beyond the options (model hashes, library versions); {} if nothing."""
         return {}
