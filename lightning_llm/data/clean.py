@@ -1,30 +1,32 @@
-"""Cleaning: a :class:`Pipeline` of small steps, each a ``Document -> Document | None`` callable.
+"""Cleaning: the settings (:class:`CleanConfig`) and the steps they choose, run by a :class:`Pipeline`.
 
 A step returns the document (changed or not) or ``None`` to drop it. Stateless steps are plain
-transforms or filters (:mod:`lightning_llm.data.filters`); dedup steps (:mod:`lightning_llm.data.dedup`)
-remember what they have seen. The pipeline streams: one document goes through every step before the
-next is read, so memory does not grow with the corpus (beyond the dedup state), and it counts documents
-and UTF-8 bytes in and out of every step for the prepare report.
+transforms or filters (the heuristics of :mod:`lightning_llm.data.filters` and any registered filter
+plugin, :mod:`lightning_llm.data.filtering`); dedup steps (:mod:`lightning_llm.data.dedup`) remember what
+they have seen. The pipeline (:mod:`lightning_llm.data.pipeline`) streams, counts documents and UTF-8
+bytes in and out of every step for the prepare report, and can run the stateless steps in worker processes.
 
 ``build_pipeline(CleanConfig())`` gives: Unicode normalisation → whitespace clean-up → Project Gutenberg
 boilerplate (``strip_gutenberg``, from :mod:`lightning_llm.data.documents`, which the classics source
-uses too) → quality filters → exact dedup → near dedup.
+uses too) → quality filters → the ``filters`` plugins → exact dedup → near dedup.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightning_llm.data.dedup import ExactDedup, NearDedup
 from lightning_llm.data.documents import Document, strip_gutenberg
 from lightning_llm.data.errors import ConfigError
+from lightning_llm.data.filtering import FilterContext, FilterSpec, build_filter
 from lightning_llm.data.filters import quality_filters
+from lightning_llm.data.pipeline import Pipeline, Step, StepStats, step_name
 
-Step = Callable[[Document], Document | None]
+__all__ = ["CleanConfig", "Pipeline", "Step", "StepStats", "Transform", "build_pipeline", "step_name"]
 NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
 
 # -- transforms ---------------------------------------------------------------------------------------
@@ -63,64 +65,6 @@ def unicode_normalizer(form: str) -> Transform:
     if form not in NORMAL_FORMS:
         raise ValueError(f"Unknown Unicode normal form {form!r}; choose one of {', '.join(NORMAL_FORMS)}.")
     return Transform(f"normalize_{form}", lambda text: unicodedata.normalize(form, text))
-
-
-# -- the pipeline -------------------------------------------------------------------------------------
-@dataclass
-class StepStats:
-    """Documents and UTF-8 bytes into and out of one step."""
-
-    name: str
-    docs_in: int = 0
-    docs_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-
-    @property
-    def docs_removed(self) -> int:
-        return self.docs_in - self.docs_out
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "docs_removed": self.docs_removed}
-
-
-def step_name(step: Step) -> str:
-    """A step's ``name`` attribute, else its function or class name."""
-    return getattr(step, "name", None) or getattr(step, "__name__", None) or type(step).__name__
-
-
-class Pipeline:
-    """Runs documents through ``steps`` in order, lazily, counting what each step keeps.
-
-    Counts accumulate over calls, and so does the state of dedup steps: documents of a second call are
-    deduplicated against those of the first (use a new pipeline for an unrelated corpus).
-    """
-
-    def __init__(self, steps: list[Step]) -> None:
-        self.steps = list(steps)
-        self.stats = [StepStats(step_name(s)) for s in self.steps]
-
-    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
-        for doc in docs:
-            size = len(doc.text.encode("utf-8"))
-            for step, stats in zip(self.steps, self.stats, strict=True):
-                stats.docs_in += 1
-                stats.bytes_in += size
-                out = step(doc)
-                if out is None:
-                    break
-                if out is not doc:
-                    size = len(out.text.encode("utf-8"))
-                    doc = out
-                stats.docs_out += 1
-                stats.bytes_out += size
-            else:
-                yield doc
-
-    def report(self) -> list[dict[str, Any]]:
-        """One dict per step, in order: name, docs_in, docs_out, docs_removed, bytes_in, bytes_out."""
-        keys = ("name", "docs_in", "docs_out", "docs_removed", "bytes_in", "bytes_out")
-        return [{k: s.as_dict()[k] for k in keys} for s in self.stats]
 
 
 @dataclass
@@ -168,6 +112,10 @@ class CleanConfig:
     """Permutations in a MinHash signature: more is more precise and slower."""
     shingle_size: int = 5
     """Words per shingle for near-dedup."""
+    filters: list[FilterSpec] = field(default_factory=list)
+    """More filters, by registered name with their options, run after the bounds above and before dedup,
+    in this order: e.g. ``[{name: language, options: {languages: [en]}}, {name: offensive}, {name: quality,
+    options: {classifier: data/mine/quality}}]``. ``lightning-llm plugins`` lists the installed ones."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -192,6 +140,12 @@ class CleanConfig:
                 f"--clean.min_chars {self.min_chars} is more than --clean.max_chars {self.max_chars}, "
                 f"which would drop every document; lower min_chars or raise max_chars"
             )
+        self.filters = [FilterSpec(**f) if isinstance(f, dict) else f for f in self.filters]
+        for spec in self.filters:
+            try:
+                build_filter(spec)  # an unknown name or option fails here, before anything is read
+            except ConfigError as err:
+                problems.append(str(err))
         if problems:
             raise ConfigError("invalid cleaning settings: " + "; ".join(problems) + ".")
 
@@ -212,8 +166,11 @@ def config_filters(cfg: CleanConfig) -> list[Any]:
     )
 
 
-def build_pipeline(cfg: CleanConfig) -> Pipeline:
-    """The steps ``cfg`` asks for, in order: normalise, whitespace, boilerplate, filters, dedup."""
+def build_pipeline(cfg: CleanConfig, workers: int = 1, context: FilterContext | None = None) -> Pipeline:
+    """The steps ``cfg`` asks for, in order: normalise, whitespace, boilerplate, filters, dedup.
+
+    With a ``context`` the plugin filters are set up (models loaded) here, before any document is read.
+    """
     steps: list[Step] = []
     if cfg.normalize is not None:
         steps.append(unicode_normalizer(cfg.normalize))
@@ -222,8 +179,13 @@ def build_pipeline(cfg: CleanConfig) -> Pipeline:
     if cfg.strip_boilerplate:
         steps.append(Transform("gutenberg_boilerplate", strip_gutenberg))
     steps += config_filters(cfg)
+    for spec in cfg.filters:
+        flt = build_filter(spec)
+        if context is not None:
+            flt.setup(context)
+        steps.append(flt)
     if cfg.exact_dedup:
         steps.append(ExactDedup())
     if cfg.near_dedup:
         steps.append(NearDedup(cfg.minhash_threshold, cfg.minhash_num_perm, cfg.shingle_size))
-    return Pipeline(steps)
+    return Pipeline(steps, workers=workers)

@@ -34,12 +34,17 @@ class ExactDedup:
     """Drop a document whose normalised text (see :func:`normalized_key`) was seen before."""
 
     name = "exact_dedup"
+    stateful = True
 
     def __init__(self) -> None:
         self._seen: set[bytes] = set()
 
-    def __call__(self, doc: Document) -> Document | None:
-        key = normalized_key(doc.text)
+    def precompute(self, text: str) -> bytes:
+        """The stateless part (run in a worker process by the pipeline): the document's key."""
+        return normalized_key(text)
+
+    def __call__(self, doc: Document, key: bytes | None = None) -> Document | None:
+        key = normalized_key(doc.text) if key is None else key
         if key in self._seen:
             return None
         self._seen.add(key)
@@ -56,6 +61,7 @@ class NearDedup:
     """
 
     name = "near_dedup"
+    stateful = True
     _BATCH = 4096  # shingles hashed at a time: update_batch allocates (batch x num_perm) integers
 
     def __init__(
@@ -107,8 +113,12 @@ class NearDedup:
             minhash.update_batch(shingles[i : i + self._BATCH])
         return minhash
 
-    def __call__(self, doc: Document) -> Document | None:
-        minhash = self.signature(doc.text)
+    def precompute(self, text: str) -> MinHash:
+        """The stateless part (run in a worker process by the pipeline): the document's signature."""
+        return self.signature(text)
+
+    def __call__(self, doc: Document, minhash: MinHash | None = None) -> Document | None:
+        minhash = self.signature(doc.text) if minhash is None else minhash
         for key in self._lsh.query(minhash):
             if float(np.mean(self._kept[key] == minhash.hashvalues)) >= self.threshold:
                 return None

@@ -6,6 +6,7 @@ What ``lightning-llm prepare`` writes into its output directory::
                       each split holds an ``index.json`` listing its chunk files
     tokenizer/        the tokenizer (``Tokenizer.load``); for a trained BPE also the HF tokenizer
     report.json       what was read, removed and written, with timings
+    filters/          a PNG histogram of the scores of each filter that has a score range
     prepared.json     completion marker: the settings that produced this directory, the tokenizer and
                       each split's documents, tokens and index sha256 (written last, atomically)
     .prepare.lock     locked (flock) by the run writing the directory; kept, harmless when unlocked
@@ -28,6 +29,7 @@ SPLITS = ("train", "val")
 MARKER = "prepared.json"
 REPORT = "report.json"
 TOKENIZER_DIR = "tokenizer"
+FILTERS_DIR = "filters"
 INDEX = "index.json"  # litdata's index of a split's chunk files
 STAGING = ".staging"
 LOCK_FILE = ".prepare.lock"

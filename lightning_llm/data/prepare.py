@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from lightning_llm.data.clean import CleanConfig, build_pipeline
 from lightning_llm.data.documents import Document
 from lightning_llm.data.errors import ConfigError, DatasetDamaged, PrepareError
+from lightning_llm.data.filtering import FilterContext, build_filter
+from lightning_llm.data.histograms import write_histograms
 from lightning_llm.data.integrity import check_written, index_sha256, verify_dataset
-from lightning_llm.data.layout import MARKER, REPORT, SPLITS, STAGING, TOKENIZER_DIR, read_marker
+from lightning_llm.data.layout import FILTERS_DIR, MARKER, REPORT, SPLITS, STAGING, TOKENIZER_DIR, read_marker
 from lightning_llm.data.locking import atomic_write_text, exclusive
 from lightning_llm.data.shards import (
     ShardWriter,
@@ -51,7 +53,14 @@ from lightning_llm.data.tokenizer import (
 )
 from lightning_llm.data.validate import TOKENIZERS, config_problems, parse_bytes
 
-_OWNED = (MARKER, REPORT, *SPLITS, TOKENIZER_DIR, STAGING)  # the only paths prepare deletes; marker first
+_OWNED = (
+    MARKER,
+    REPORT,
+    *SPLITS,
+    TOKENIZER_DIR,
+    FILTERS_DIR,
+    STAGING,
+)  # the only paths prepare deletes; marker first
 
 
 @dataclass
@@ -75,7 +84,7 @@ class PrepareConfig:
     seed: int = 42
     """Seed of the train/val split."""
     num_workers: int = 2
-    """Processes for tokenization and litdata optimize."""
+    """Processes for cleaning and filtering (the stateless steps), tokenization and litdata optimize."""
     chunk_bytes: str = "32MB"
     """Size of each litdata chunk file; a block never spans two chunks."""
     staging_shard_bytes: int = 4_000_000
@@ -100,7 +109,19 @@ class PrepareConfig:
 
 
 def settings_of(cfg: PrepareConfig, source_fingerprint: str) -> dict[str, Any]:
-    """The settings that determine a prepared directory's content (what the marker records)."""
+    """The settings that determine a prepared directory's content (what the marker records).
+
+    Plugin filters add their options and their ``fingerprint()`` (model file hashes, library versions),
+    so a retrained classifier or an upgraded model is not silently reused; without plugin filters the
+    settings are what they were before filters were plugins (datasets prepared then stay valid).
+    """
+    clean = asdict(cfg.clean)
+    if clean["filters"]:
+        clean["filters"] = [
+            {**spec, "fingerprint": build_filter(spec).fingerprint()} for spec in clean["filters"]
+        ]
+    else:
+        del clean["filters"]
     return {
         "source_fingerprint": source_fingerprint,
         "text_field": cfg.text_field,
@@ -109,7 +130,7 @@ def settings_of(cfg: PrepareConfig, source_fingerprint: str) -> dict[str, Any]:
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
         "chunk_bytes": cfg.chunk_bytes,
-        "clean": asdict(cfg.clean),
+        "clean": clean,
     }
 
 
@@ -180,9 +201,11 @@ def _clear(out: Path, keep: str | None = None) -> None:
             path.unlink()
 
 
-def _read_and_split(cfg: PrepareConfig, source: Any, staging: Path) -> tuple[dict[str, Any], Any, dict]:
+def _read_and_split(
+    cfg: PrepareConfig, source: Any, out: Path, staging: Path
+) -> tuple[dict[str, Any], Any, dict]:
     """Stream documents through the cleaning pipeline into train/val staging shards."""
-    pipeline = build_pipeline(cfg.clean)
+    pipeline = build_pipeline(cfg.clean, workers=cfg.num_workers, context=FilterContext(out))
     writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes, seed=cfg.seed) for s in SPLITS}
     read = {"documents": 0, "bytes": 0}
     bar = tqdm(desc="read + clean", unit="B", unit_scale=True, unit_divisor=1024)
@@ -310,7 +333,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    read, pipeline, writers = _read_and_split(cfg, source, staging / "text")
+    read, pipeline, writers = _read_and_split(cfg, source, out, staging / "text")
     timings["read_clean_split_s"] = time.perf_counter() - t
     report: dict[str, Any] = {
         "source": {
@@ -322,6 +345,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
         "bytes_read": read["bytes"],
         "clean": pipeline.report(),
     }
+    report["score_plots"] = write_histograms(report["clean"], staging / FILTERS_DIR)
     report["duplicates_removed"] = sum(s["docs_removed"] for s in report["clean"] if "dedup" in s["name"])
     report["documents_kept"] = writers["train"].documents + writers["val"].documents
     report["bytes_kept"] = writers["train"].bytes + writers["val"].bytes
@@ -371,8 +395,9 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
         "source": cfg.source,
     }
     _clear(out, keep=STAGING)  # the marker goes first: from here until the end, out is incomplete
-    for name in (*SPLITS, TOKENIZER_DIR):
-        (staging / name).replace(out / name)
+    for name in (*SPLITS, TOKENIZER_DIR, FILTERS_DIR):
+        if (staging / name).exists():
+            (staging / name).replace(out / name)
     atomic_write_text(out / REPORT, json.dumps(report, indent=2))
     atomic_write_text(out / MARKER, json.dumps(marker, indent=2))
     print(summary(report, out))
