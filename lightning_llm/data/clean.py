@@ -145,7 +145,7 @@ class CleanConfig:
             try:
                 build_filter(spec)  # an unknown name or option fails here, before anything is read
             except ConfigError as err:
-                problems.append(str(err))
+                problems.append(str(err).rstrip("."))
         if problems:
             raise ConfigError("invalid cleaning settings: " + "; ".join(problems) + ".")
 

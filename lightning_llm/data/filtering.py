@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from lightning_llm.data.documents import Document
-from lightning_llm.data.errors import ConfigError
+from lightning_llm.data.errors import ConfigError, PrepareError
 from lightning_llm.registry import FILTERS, ComponentError
 
 
-class FilterError(RuntimeError):
-    """A filter that cannot run here (a missing library, an unreadable model file)."""
+class FilterError(PrepareError):
+    """A filter that cannot run here (a missing library, an unreadable model file); the CLI prints it."""
 
 
 @dataclass(frozen=True)

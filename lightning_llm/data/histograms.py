@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 
-def write_histograms(steps: list[dict[str, Any]], directory: Path) -> dict[str, str]:
-    """Draw one PNG per report row that has a ``histogram``; return {step name: path relative to the dataset}."""
-    rows = [r for r in steps if "histogram" in r and r["docs_in"] > 0]
+def write_histograms(steps: list[dict[str, Any]], directory: Path, names: list[str]) -> dict[str, str]:
+    """Draw one PNG per report row named in ``names`` that has a ``histogram``.
+
+    Returns {step name: the PNG's path relative to the dataset directory}.
+    """
+    rows = [r for r in steps if r["name"] in names and "histogram" in r and r["docs_in"] > 0]
     if not rows:
         return {}
     try:

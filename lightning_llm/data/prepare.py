@@ -345,7 +345,9 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
         "bytes_read": read["bytes"],
         "clean": pipeline.report(),
     }
-    report["score_plots"] = write_histograms(report["clean"], staging / FILTERS_DIR)
+    report["score_plots"] = write_histograms(
+        report["clean"], staging / FILTERS_DIR, [f.name for f in cfg.clean.filters]
+    )
     report["duplicates_removed"] = sum(s["docs_removed"] for s in report["clean"] if "dedup" in s["name"])
     report["documents_kept"] = writers["train"].documents + writers["val"].documents
     report["bytes_kept"] = writers["train"].bytes + writers["val"].bytes
