@@ -1,9 +1,10 @@
 """``lightning-llm plugins``: every registered component, where it comes from, and whether it runs here.
 
-One row per component of each kind (attention, positional, norm, mlp, source): its source (built-in, or
-the installed distribution and version that registered it through an entry point), its description, and
-whether it can run on this machine. Only attention kernels can be unavailable; they answer through
-``unavailable_reason(device)`` for ``cpu`` and, when a GPU is visible, ``cuda``. Entry points that fail to
+One row per component of each kind (attention, positional, norm, mlp, source, filter): its source
+(built-in, or the installed distribution and version that registered it through an entry point), its
+description, and whether it can run on this machine. Attention kernels answer through
+``unavailable_reason(device)`` for ``cpu`` and, when a GPU is visible, ``cuda``; a data filter through
+``unavailable_reason()`` (the libraries its model needs). Entry points that fail to
 import are listed with their error instead of hiding (or breaking) the others.
 """
 
@@ -45,7 +46,13 @@ def _devices() -> list[str]:
 
 
 def _availability(kind: str, name: str, registry: Registry[Any], devices: list[str]) -> tuple[dict, dict]:
-    """(runs, why_not) per device; only attention kernels declare where they can't run."""
+    """(runs, why_not) per device; attention kernels declare where they can't run, filters what they need."""
+    if kind == "filter":
+        check = getattr(registry.get(name), "unavailable_reason", None)
+        reason = check() if callable(check) else None
+        return dict.fromkeys(devices, reason is None), (
+            {} if reason is None else dict.fromkeys(devices, reason)
+        )
     if kind != "attention":
         return dict.fromkeys(devices, True), {}
     runs: dict[str, bool] = {}

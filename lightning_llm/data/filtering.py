@@ -55,6 +55,16 @@ class DocumentFilter:
     max: float | None = None
     score_range: tuple[float, float] | None = None
     stateful: bool = False  # stateless filters run in worker processes
+    requires: tuple[str, ...] = ()  # modules the filter imports in setup; `lightning-llm plugins` checks them
+    install_hint: str = "pip install 'lightning-llm[filters]'"
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why the filter cannot run here (a module in ``requires`` is not installed), or None."""
+        import importlib.util
+
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        return f"needs {', '.join(missing)}: {cls.install_hint}" if missing else None
 
     def setup(self, context: FilterContext) -> None:
         """Load models and check libraries; called once in the parent process before any document."""
