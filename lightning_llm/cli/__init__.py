@@ -72,6 +72,13 @@ COMMANDS: tuple[Command, ...] = (
         "lightning-llm prepare --config configs/data/classics.yaml",
     ),
     Command(
+        "train-quality",
+        "train_quality",
+        "train_quality_main",
+        "train the quality classifier of prepare's quality filter (trusted text vs junk)",
+        "lightning-llm train-quality --positive classics --negative RAW --output_dir DIR/quality",
+    ),
+    Command(
         "prepare-sft",
         "prepare_chat",
         "prepare_sft_main",

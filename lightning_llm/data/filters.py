@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from typing import Any
+
+import numpy as np
 
 from lightning_llm.data.filtering import DocumentFilter
 
@@ -86,21 +89,32 @@ def line_repetition_ratio(text: str) -> float:
 
 
 def ngram_repetition_ratio(text: str, n: int = 10) -> float:
-    """Word ``n``-grams that repeat an earlier one / all word ``n``-grams (0 below ``n`` words)."""
+    """Word ``n``-grams that repeat an earlier one / all word ``n``-grams (0 below ``n`` words).
+
+    Words become exact integer ids; each n-gram is a 64-bit polynomial hash of its ids (numpy), so a book
+    costs one pass of C loops rather than a Python tuple per n-gram; a false repeat needs a 64-bit collision.
+    """
     words = text.lower().split()
     count = len(words) - n + 1
     if count <= 0:
         return 0.0
-    distinct = len(set(map(hash, zip(*(words[i:] for i in range(n)), strict=False))))
-    return (count - distinct) / count
+    index = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    ids = np.fromiter(map(index.__getitem__, words), dtype=np.uint64, count=len(words))
+    ids = (ids + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)  # spread small ids over 64 bits
+    h = np.zeros(count, dtype=np.uint64)
+    for k in range(n):
+        h = h * np.uint64(0x100000001B3) + ids[k : k + count]
+    h.sort()
+    return int(np.count_nonzero(h[1:] == h[:-1])) / count  # each equal neighbour is one repeat
 
 
 def stopword_ratio(text: str) -> float:
     """Whitespace tokens that are English stop words (case and edge punctuation ignored) / all tokens."""
-    tokens = text.lower().split()
-    if not tokens:
+    tokens = Counter(text.lower().split())  # each distinct token is checked once
+    total = sum(tokens.values())
+    if not total:
         return 0.0
-    return sum(t.strip(_STRIP) in STOPWORDS for t in tokens) / len(tokens)
+    return sum(c for t, c in tokens.items() if t.strip(_STRIP) in STOPWORDS) / total
 
 
 def chars_per_token(text: str) -> float:
