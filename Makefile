@@ -20,7 +20,7 @@ $(VENV)/.core: $(PY) pyproject.toml
 $(VENV)/.dev: $(VENV)/.core plugins/lightning-llm-alibi/pyproject.toml plugins/lightning-llm-xformers/pyproject.toml plugins/lightning-llm-blocklist/pyproject.toml
 	# xformers itself without the plugin's torch pin: its wheel is built for torch 2.10.0, so here it can
 	# never run, but the plugin's tests read its real build record and check the message that says so
-	$(PIP) -e '.[dev,hf,eval]' -e plugins/lightning-llm-alibi -e plugins/lightning-llm-blocklist -e 'plugins/lightning-llm-xformers[test]' xformers==0.0.35
+	$(PIP) -e '.[dev,hf,eval,filters]' -e plugins/lightning-llm-alibi -e plugins/lightning-llm-blocklist -e 'plugins/lightning-llm-xformers[test]' xformers==0.0.35
 	touch $@
 
 install: $(VENV)/.core

@@ -2,8 +2,8 @@
 
 The pipeline counts every filter's scores in equal bins over its ``score_range`` (they are in
 ``report.json``); this draws each as a bar chart with the filter's keep bounds marked, so a threshold can
-be judged at a glance. matplotlib comes with the ``filters`` extra; without it no PNG is written and one
-line says so (the counts are in the report either way).
+be judged at a glance. matplotlib is a dependency of the package; should it fail to import, no PNG is
+written and one line says so (the counts are in the report either way).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def write_histograms(steps: list[dict[str, Any]], directory: Path, names: list[s
         import matplotlib.pyplot as plt
     except ImportError:
         print("Score histograms: matplotlib is not installed, so no PNG is written (the counts are in "
-              "report.json); pip install 'lightning-llm[filters]' for the plots.")  # fmt: skip
+              "report.json); pip install matplotlib for the plots.")  # fmt: skip
         return {}
     directory.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
