@@ -58,6 +58,7 @@ def test_readme_cli_command_parses(line, capsys, monkeypatch):
         "dpo",
         "prepare-sft",
         "prepare-dpo",
+        "train-quality",
     )
     check = "--print_config" if args[0] in parsed_in_full else "--help"
     monkeypatch.chdir(ROOT)
@@ -97,3 +98,42 @@ def test_readme_mlp_plugin_example_builds_with_the_right_init(monkeypatch: pytes
     assert mlp.w_in.weight.double().std().item() == pytest.approx(0.02, rel=0.05)
     assert model.blocks[0].tp_plan()["mlp.w_out"] == "rowwise"
     assert model(torch.randint(0, 64, (2, 8))).shape == (2, 8, 64)
+
+
+def test_readme_filter_table_matches_the_registry():
+    from lightning_llm.registry import FILTERS
+
+    section = README[README.index("### Filters") : README.index("### Write your own filter")]
+    for name in FILTERS.names():
+        assert f"`{name}`" in section, f"filter '{name}' is registered but not in the README's filter table"
+    yaml_block = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)[0]
+    import yaml
+
+    from lightning_llm.data.filtering import build_filter
+
+    for spec in yaml.safe_load(yaml_block)["clean"]["filters"]:  # every option shown exists
+        if spec["name"] != "quality":  # (its classifier is trained by the command below the table)
+            build_filter(spec)
+
+
+def test_readme_filter_example_runs_in_a_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_llm.data.clean import CleanConfig, build_pipeline
+    from lightning_llm.data.documents import Document
+    from lightning_llm.registry import FILTERS
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "MaxDigits" in b)
+    FILTERS.names()
+    monkeypatch.setattr(FILTERS, "_entries", dict(FILTERS._entries))
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
+    filters = [{"name": "max_digits", "options": {"max_share": 0.2}}]
+    clean = CleanConfig(filters=filters, min_alpha_ratio=None, min_stopword_ratio=None, near_dedup=False)
+    prose = (
+        "The quick brown fox jumps over the lazy dog, and then it runs into the forest to hide. Later "
+        "that evening the farmer counted his hens and found that none of them was missing after all."
+    )
+    table = "Table of results for the year: " + " ".join(f"{i:05d}" for i in range(40))
+    pipe = build_pipeline(clean)
+    kept = list(pipe([Document(prose, "a"), Document(table, "b")]))
+    assert [d.source for d in kept] == ["a"]
+    row = next(r for r in pipe.report() if r["name"] == "max_digits")
+    assert row["docs_removed"] == 1 and sum(row["histogram"]["counts"]) == 2

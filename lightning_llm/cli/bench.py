@@ -1,4 +1,4 @@
-"""``lightning-llm bench attention|train|data|generate``: the benchmarks of a source checkout.
+"""``lightning-llm bench attention|train|data|generate|filters``: the benchmarks of a source checkout.
 
 ``benchmarks/`` is a top-level folder of the repository, not part of the installed package: the benchmarks
 time our model against the nanoGPT reference, spawn ``python -m benchmarks.train`` workers with the checkout
@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from types import ModuleType
 
-BENCHES = ("attention", "train", "data", "generate")
+BENCHES = ("attention", "train", "data", "generate", "filters")
 DISTRIBUTION = "lightning-llm"
 
 

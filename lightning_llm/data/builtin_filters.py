@@ -6,7 +6,7 @@ filters, whose modules import their libraries only when a filter is set up.
 
 from __future__ import annotations
 
-from lightning_llm.data import language, quality  # noqa: F401  (each registers its filter on import)
+from lightning_llm.data import language, offensive, quality  # noqa: F401  (each registers its filter on import)
 from lightning_llm.data.filters import HEURISTICS
 from lightning_llm.registry import FILTERS
 

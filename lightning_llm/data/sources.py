@@ -31,6 +31,7 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 
 from lightning_llm.data import classics as _classics  # noqa: F401  registers the built-in "classics"
+from lightning_llm.data import junk_source as _junk  # noqa: F401  registers "synthetic-junk"
 from lightning_llm.data.documents import Document, Source, decode
 from lightning_llm.registry import SOURCES, accepted_options
 
