@@ -85,7 +85,7 @@ def scores(removed: list[bool], kinds: list[str], junk: list[bool]) -> dict[str,
     }
 
 
-def bench_precision_recall(work: Path, seed: int, per_kind: int) -> dict[str, Any]:
+def bench_precision_recall(work: Path, seed: int, per_kind: int, unseen: bool = True) -> dict[str, Any]:
     positives, held_out = split_classics(work / "trusted")
     negatives = work / "junk.jsonl"
     write_jsonl([d for d in build_mixed_corpus(seed=seed + 1, per_kind=per_kind) if d.junk], negatives)
@@ -109,7 +109,31 @@ def bench_precision_recall(work: Path, seed: int, per_kind: int) -> dict[str, An
     everything = CleanConfig(near_dedup=False, exact_dedup=False, filters=list(specs.values()))
     rows["all (heuristics + 3 model filters)"] = scores(removed_by(everything, docs, context), kinds, junk)
     counts = {k: kinds.count(k) for k in KINDS}
-    return {"documents": len(docs), "per_kind": counts, "filters": rows, "seconds": time.perf_counter() - t}
+    return {"documents": len(docs), "per_kind": counts, "filters": rows, "seconds": time.perf_counter() - t,
+            "quality_unseen_kind": quality_unseen_kind(work, positives, docs, kinds, seed, per_kind) if unseen
+            else {}}  # fmt: skip
+
+
+def quality_unseen_kind(
+    work: Path, positives: Path, docs: list[Document], kinds: list[str], seed: int, per_kind: int
+) -> dict[str, float]:
+    """Share of each junk kind the quality filter removes when that kind was left out of its negatives.
+
+    The negatives of the main table come from the same generators as the test junk (another seed), which
+    flatters the classifier; this is the honest number for junk it has not seen the like of.
+    """
+    junk = [d for d in build_mixed_corpus(seed=seed + 1, per_kind=per_kind) if d.junk]
+    out = {}
+    for kind in KINDS[1:]:
+        negatives = work / f"junk-without-{kind}.jsonl"
+        write_jsonl([d for d in junk if d.kind != kind], negatives)
+        classifier = work / f"quality-without-{kind}"
+        train_quality_classifier(str(positives), str(negatives), str(classifier), seed=seed)
+        spec = filter_specs(classifier)["quality"]
+        removed = removed_by(CleanConfig(**_no_heuristics(), filters=[spec]), docs, FilterContext(work))
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        out[kind] = sum(removed[i] for i in idx) / len(idx)
+    return out
 
 
 def bench_prepare(work: Path, num_workers: int) -> dict[str, Any]:
@@ -137,6 +161,9 @@ def markdown(pr: dict[str, Any], prep: dict[str, Any]) -> str:
         by = r["removed_share_by_kind"]
         lines.append(f"| {name} | {p} | {r['recall']:.3f} | {by['classics']:.3f} | "
                      + " | ".join(f"{by[k]:.2f}" for k in kinds) + " |")  # fmt: skip
+    unseen = pr["quality_unseen_kind"]
+    lines += [] if not unseen else ["", "| quality, trained without the kind | " + " | ".join(unseen) + " |",
+              "|---|" + "---:|" * len(unseen), "| removed | " + " | ".join(f"{v:.2f}" for v in unseen.values()) + " |"]  # fmt: skip
     lines += ["", "| prepare classics | seconds | MB/s | documents kept |", "|---|---:|---:|---:|"]
     for label, r in prep.items():
         lines.append(f"| {label} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {r['documents_kept']} |")
