@@ -29,6 +29,8 @@ from lightning_llm.data.documents import Document
 from lightning_llm.data.errors import ConfigError, PrepareError
 from lightning_llm.registry import FILTERS, ComponentError
 
+INSTALL_HINT = "pip install 'lightning-llm[filters]'"  # the extra that brings the model filters' libraries
+
 
 class FilterError(PrepareError):
     """A filter that cannot run here (a missing library, an unreadable model file); the CLI prints it."""
@@ -56,7 +58,7 @@ class DocumentFilter:
     score_range: tuple[float, float] | None = None
     stateful: bool = False  # stateless filters run in worker processes
     requires: tuple[str, ...] = ()  # modules the filter imports in setup; `lightning-llm plugins` checks them
-    install_hint: str = "pip install 'lightning-llm[filters]'"
+    install_hint: str = INSTALL_HINT
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

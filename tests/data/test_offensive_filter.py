@@ -16,7 +16,6 @@ The assertions leave a margin of a line or two for another build of the model.
 
 from __future__ import annotations
 
-import multiprocessing
 import pickle
 import re
 import subprocess
@@ -28,6 +27,8 @@ from typing import Any
 import pytest
 
 pytest.importorskip("profanity_check", reason="the offensive filter needs the filters extra")
+
+from filter_workers import score_in_forked_workers
 
 from lightning_llm.data.documents import Document  # noqa: E402
 from lightning_llm.data.errors import ConfigError  # noqa: E402
@@ -270,25 +271,12 @@ def test_pickled_filter_scores_the_same(offensive: OffensiveFilter) -> None:
     assert [copy.score(d) for d in docs] == [offensive.score(d) for d in docs]
 
 
-_FORKED: OffensiveFilter | None = None  # set in the parent before forking, as prepare's pipeline does
-
-
-def _score_in_worker(text: str) -> tuple[bool, float]:
-    assert _FORKED is not None
-    inherited = _FORKED._predict is not None  # the model loaded in the parent, not reloaded here
-    return inherited, _FORKED.score(text)
-
-
 def test_forked_workers_score_the_same(offensive: OffensiveFilter) -> None:
-    global _FORKED
     texts = OFFENSIVE + CLEAN + _triples(OFFENSIVE + CLEAN) + ["\n".join((CLEAN * 40 + OFFENSIVE) * 20)]
     expected = [offensive.score(t) for t in texts]
-    _FORKED = offensive
-    try:
-        with multiprocessing.get_context("fork").Pool(2) as pool:
-            results = pool.map(_score_in_worker, texts, chunksize=8)
-    finally:
-        _FORKED = None
+    results = score_in_forked_workers(
+        offensive, texts, lambda f: f._predict is not None
+    )  # loaded in the parent
     assert all(inherited for inherited, _ in results)
     assert [score for _, score in results] == expected
 
