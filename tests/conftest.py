@@ -5,6 +5,8 @@
 ``tiny_dataset``: a prepared dataset directory (``lightning-llm prepare`` output: train/, val/,
 tokenizer/, report.json) of real English text with a trained byte-level BPE of 512 ids; about 150k
 training tokens, i.e. a couple of thousand blocks of 64 tokens. Built once per session (a few seconds).
+
+``in_process``: ``lightning-llm`` commands run in the test's process (``cli_runner``), isolated.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,18 @@ def classics_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def classics_docs(classics_cache: Path) -> list[Any]:
     """Every document of the classics corpus (about 12 MB), read once."""
     return list(ClassicsSource(cache_dir=classics_cache).documents())
+
+
+@pytest.fixture
+def in_process(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., tuple[str | None, str, str]]]:
+    """``run(command, *args)``: ``lightning-llm COMMAND ARGS`` in this process, in ``tmp_path`` as the working
+    directory, as ``cli_runner.run_command`` (its error message or None, stdout, stderr with Lightning's log
+    lines), without the ~10-15 s start-up of a subprocess; the process state it changes is restored after
+    the test (``cli_runner.isolated_process_state``)."""
+    from cli_runner import isolated_process_state, run_command
+
+    monkeypatch.chdir(tmp_path)
+    with isolated_process_state():
+        yield lambda command, *args: run_command(capsys, command, *args, logs=True)

@@ -258,17 +258,12 @@ def test_unmappable_gpt2_configs_are_refused(change, match, bpe_as_hf, tmp_path)
         import_hf(tmp_path)
 
 
-# -- the command line ------------------------------------------------------------------------------------
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_llm", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+# -- the command line: in this process (``in_process``), but for the load by transformers in a fresh one -----
+@pytest.fixture
+def cli(in_process, monkeypatch: pytest.MonkeyPatch):
+    """``lightning-llm COMMAND ARGS`` in this process, offline: (its error message or None, stdout, stderr)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return in_process
 
 
 def _save_ckpt(model: GPT, tok: Tokenizer, path: Path) -> Path:
@@ -296,14 +291,15 @@ with torch.no_grad():
 """
 
 
-def test_cli_export_then_import_end_to_end(bpe, tmp_path):
+def test_cli_export_then_import_end_to_end(bpe, tmp_path, cli):
     tok, text = bpe[0], TEXT
     model = our_model("llama-gqa-untied")
     ckpt = _save_ckpt(model, tok, tmp_path / "ours.ckpt")
     out = tmp_path / "hf"
-    proc = _cli("export", "--ckpt_path", str(ckpt), "--to", "hf", "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "export: verify: max |logit difference|" in proc.stderr and "LlamaForCausalLM" in proc.stdout
+    code, stdout, stderr = cli("export", "--ckpt_path", str(ckpt), "--to", "hf", "--out", str(out))
+    assert code is None, stderr
+    assert "export: verify: max |logit difference|" in stderr and "LlamaForCausalLM" in stdout
+    # a fresh process with nothing but transformers loads it offline
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     run = [sys.executable, "-c", LOAD_OFFLINE, str(out), text, str(tmp_path / "hf.pt")]
     subprocess.run(run, env=env, check=True, capture_output=True, timeout=300)
@@ -312,32 +308,27 @@ def test_cli_export_then_import_end_to_end(bpe, tmp_path):
     with torch.no_grad():
         assert float((model(got["ids"]) - got["logits"]).abs().max()) < TOL
 
-    again = _cli("export", "--ckpt_path", str(ckpt), "--out", str(out), cwd=tmp_path)
-    assert (
-        again.returncode == 1
-        and "exists and is not empty" in again.stderr
-        and "Traceback" not in again.stderr
-    )
+    # cli() fails on a traceback in stderr; an error message (exit status 1) is its first item
+    again, _, _ = cli("export", "--ckpt_path", str(ckpt), "--out", str(out))
+    assert again is not None and "exists and is not empty" in again
 
     back = tmp_path / "back.ckpt"
-    proc = _cli("import", "--from", str(out), "--out", str(back), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "import: verify: max |logit difference|" in proc.stderr
+    code, _, stderr = cli("import", "--from", str(out), "--out", str(back))
+    assert code is None, stderr
+    assert "import: verify: max |logit difference|" in stderr
     sample = ["--prompt", "ROMEO:", "--max_new_tokens", "12", "--temperature", "0", "--seed", "0"]
-    a = _cli("generate", "--ckpt_path", str(ckpt), *sample, cwd=tmp_path)
-    b = _cli("generate", "--ckpt_path", str(back), *sample, cwd=tmp_path)
-    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
-    assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:")
+    a = cli("generate", "--ckpt_path", str(ckpt), *sample)
+    b = cli("generate", "--ckpt_path", str(back), *sample)
+    assert a[0] is None and b[0] is None, (a[2], b[2])
+    assert a[1] == b[1] and a[1].startswith("ROMEO:")
 
 
-def test_cli_errors_are_one_paragraph(bpe, tmp_path):
+def test_cli_errors_are_one_paragraph(bpe, tmp_path, cli):
     model = GPT(GPTConfig(**BASE, **dict(GPT2, positional="sinusoidal")), device_type="cpu")
     ckpt = _save_ckpt(model, bpe[0], tmp_path / "sin.ckpt")
-    proc = _cli("export", "--ckpt_path", str(ckpt), "--to", "hf", "--out", str(tmp_path / "hf"), cwd=tmp_path)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "cannot be exported: This model has no transformers equivalent" in proc.stderr
-    assert "positional 'sinusoidal'" in proc.stderr
-    proc = _cli(
-        "import", "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt"), cwd=tmp_path
-    )
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "is not a directory" in proc.stderr
+    error, _, _ = cli("export", "--ckpt_path", str(ckpt), "--to", "hf", "--out", str(tmp_path / "hf"))
+    assert error is not None  # exit status 1 with this message; cli() fails on a traceback
+    assert "cannot be exported: This model has no transformers equivalent" in error
+    assert "positional 'sinusoidal'" in error
+    error, _, _ = cli("import", "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt"))
+    assert error is not None and "is not a directory" in error

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from cli_runner import run_command
+from cli_runner import isolated_process_state, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -38,12 +37,9 @@ def _isolated_process_state() -> Iterator[None]:
     """The runs here are in-process: keep what they change out of the tests that follow. Lightning sets
     MASTER_PORT in os.environ (later 2-process runs would all inherit that one port), and fit puts the
     allocator in 'cache' mode for good (a later run asking for 'system' could not go back)."""
-    saved = dict(os.environ)
-    CLEAN_ENV.update(saved)
-    os.environ["LIGHTNING_LLM_MALLOC"] = "system"
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
+    with isolated_process_state() as before:
+        CLEAN_ENV.update(before)
+        yield
 
 
 def _run(capsys, *argv: str) -> str:

@@ -4,6 +4,8 @@ Reproduces issue #11's cases 1 and 2: ``--ckpt_path <file>`` used to replace eve
 with the checkpoint's hyper-parameters (LightningCLI's ``_parse_ckpt_path``), so a 3-layer request trained
 2 layers and a new learning rate was dropped; and a NaN run with a checkpoint every step wrote an all-NaN
 ``last.ckpt`` while saying the last checkpoint was intact.
+
+The runs are in this process (``in_process``, ``cli_runner``): each subprocess would pay ~10-15 s of start-up.
 """
 
 from __future__ import annotations
@@ -13,54 +15,79 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import isolated_process_state
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from test_cli import fit  # noqa: E402
+from test_cli import fit_args, succeeds  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def two_layer_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lightning_llm.cli import main
+
     run = tmp_path_factory.mktemp("run")
-    fit(run, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=4", "--checkpoint.every_n_train_steps=4")
+    with isolated_process_state():
+        main(
+            [
+                "fit",
+                *fit_args(
+                    run,
+                    tiny_dataset,
+                    "quickstart.yaml",
+                    "--trainer.max_steps=4",
+                    "--checkpoint.every_n_train_steps=4",
+                ),
+            ]
+        )
     return run
 
 
 @pytest.mark.parametrize("form", ["file", "last"])
-def test_architecture_change_on_resume_is_refused(two_layer_run: Path, tiny_dataset: Path, form: str) -> None:
+def test_architecture_change_on_resume_is_refused(
+    two_layer_run: Path, tiny_dataset: Path, form: str, in_process
+) -> None:
     ckpt = str(two_layer_run / "ckpt" / "last.ckpt") if form == "file" else "last"
-    proc = fit(
-        two_layer_run,
-        tiny_dataset,
-        "quickstart.yaml",
-        "--model.config.n_layer=3",
-        "--trainer.max_steps=6",
-        f"--ckpt_path={ckpt}",
-        check=False,
+    error, _, _ = in_process(  # fails on a traceback in stderr
+        "fit",
+        *fit_args(
+            two_layer_run,
+            tiny_dataset,
+            "quickstart.yaml",
+            "--model.config.n_layer=3",
+            "--trainer.max_steps=6",
+            f"--ckpt_path={ckpt}",
+        ),
     )
-    assert proc.returncode != 0
-    assert "Cannot resume" in proc.stderr and "n_layer: checkpoint 2 vs config 3" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert error is not None
+    assert "Cannot resume" in error and "n_layer: checkpoint 2 vs config 3" in error
 
 
-def test_changed_settings_are_honoured_and_said(two_layer_run: Path, tiny_dataset: Path, tmp_path) -> None:
+def test_changed_settings_are_honoured_and_said(
+    two_layer_run: Path, tiny_dataset: Path, tmp_path, in_process
+) -> None:
     run = tmp_path / "resumed"
     run.mkdir()
     (run / "ckpt").mkdir()
     src = two_layer_run / "ckpt" / "last.ckpt"
     (run / "ckpt" / "last.ckpt").write_bytes(src.read_bytes())
-    proc = fit(
-        run,
-        tiny_dataset,
-        "quickstart.yaml",
-        "--model.optimizer.lr=1e-4",
-        "--model.on_nonfinite_loss=skip",
-        "--trainer.max_steps=6",
-        "--checkpoint.every_n_train_steps=6",
-        f"--ckpt_path={run / 'ckpt' / 'last.ckpt'}",
+    out = "\n".join(
+        succeeds(
+            in_process,
+            "fit",
+            *fit_args(
+                run,
+                tiny_dataset,
+                "quickstart.yaml",
+                "--model.optimizer.lr=1e-4",
+                "--model.on_nonfinite_loss=skip",
+                "--trainer.max_steps=6",
+                "--checkpoint.every_n_train_steps=6",
+                f"--ckpt_path={run / 'ckpt' / 'last.ckpt'}",
+            ),
+        )
     )
-    out = proc.stdout + proc.stderr
     assert "Resuming with changed settings" in out
     assert "optimizer.lr: 0.002 -> 0.0001" in out and "on_nonfinite_loss: 'stop' -> 'skip'" in out
     # the newest checkpoint of the resumed run (Lightning names it last-v1.ckpt beside the copied last.ckpt)
@@ -73,24 +100,38 @@ def test_changed_settings_are_honoured_and_said(two_layer_run: Path, tiny_datase
     assert ckpt["lr_schedulers"][0]["base_lrs"] == [1e-4, 1e-4]
 
 
-def test_diverged_run_never_overwrites_the_last_good_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_diverged_run_never_overwrites_the_last_good_checkpoint(
+    tiny_dataset: Path, tmp_path: Path, in_process
+) -> None:
     good = tmp_path / "good"
     good.mkdir()
-    fit(good, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=1")
-    last = good / "ckpt" / "last.ckpt"
-    proc = fit(
-        good,
-        tiny_dataset,
-        "quickstart.yaml",
-        "--model.optimizer.lr=1e6",
-        "--model.schedule.warmup_steps=0",
-        "--trainer.max_steps=12",
-        "--checkpoint.every_n_train_steps=1",
-        f"--ckpt_path={last}",
-        check=False,
+    succeeds(
+        in_process,
+        "fit",
+        *fit_args(
+            good,
+            tiny_dataset,
+            "quickstart.yaml",
+            "--trainer.max_steps=2",
+            "--checkpoint.every_n_train_steps=1",
+        ),
     )
-    assert proc.returncode != 0, proc.stdout[-2000:]
-    assert "non-finite" in proc.stderr.lower() and "Traceback" not in proc.stderr
+    last = good / "ckpt" / "last.ckpt"
+    error, out, _ = in_process(  # fails on a traceback in stderr
+        "fit",
+        *fit_args(
+            good,
+            tiny_dataset,
+            "quickstart.yaml",
+            "--model.optimizer.lr=1e6",
+            "--model.schedule.warmup_steps=0",
+            "--trainer.max_steps=12",
+            "--checkpoint.every_n_train_steps=1",
+            f"--ckpt_path={last}",
+        ),
+    )
+    assert error is not None, out[-2000:]
+    assert "non-finite" in error.lower()
     for path in (good / "ckpt").glob("*.ckpt"):  # every checkpoint written, before and after divergence
         state = torch.load(path, weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
-from test_cli import ROOT, TINY, cli  # noqa: E402
+from test_cli import ROOT, TINY, succeeds  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
-def _fit(cwd: Path, data: Path, root: str, *extra: str, check: bool = True):
-    return cli(
+def _fit(data: Path, root: str, *extra: str) -> list[str]:
+    """``lightning-llm fit`` (for ``in_process``: the test's tmp_path is the working directory)."""
+    return [
         "fit",
         "--config",
         str(ROOT / "configs" / "quickstart.yaml"),
@@ -26,31 +27,31 @@ def _fit(cwd: Path, data: Path, root: str, *extra: str, check: bool = True):
         "--trainer.log_every_n_steps=1",
         f"--trainer.default_root_dir={root}",
         *extra,
-        cwd=cwd,
-        check=check,
-    )
+    ]
 
 
 def test_outputs_follow_the_run_directory_and_runs_do_not_overwrite(
-    tiny_dataset: Path, tmp_path: Path
+    tiny_dataset: Path, tmp_path: Path, in_process
 ) -> None:
-    _fit(tmp_path, tiny_dataset, "runs/a")
-    _fit(tmp_path, tiny_dataset, "runs/b")
+    succeeds(in_process, *_fit(tiny_dataset, "runs/a"))
+    succeeds(in_process, *_fit(tiny_dataset, "runs/b"))
     for run in ("a", "b"):
         root = tmp_path / "runs" / run
         assert (root / "checkpoints" / "last.ckpt").is_file(), sorted(root.rglob("*"))
         assert (root / "metrics.csv").is_file() and (root / "config.yaml").is_file()
     assert not (tmp_path / "runs" / "quickstart").exists()  # the preset's directory was moved, not used
 
-    again = _fit(tmp_path, tiny_dataset, "runs/a", check=False)
-    assert again.returncode != 0
-    assert "already holds a run's checkpoints (" in again.stderr and "--ckpt_path last" in again.stderr
-    assert "Traceback" not in again.stderr
+    refused, _, err = in_process(*_fit(tiny_dataset, "runs/a"))
+    assert refused is not None
+    assert "already holds a run's checkpoints (" in refused and "--ckpt_path last" in refused
+    assert "Traceback" not in err
 
     before = _loss_steps(tmp_path / "runs" / "a" / "metrics.csv")
     assert before == [0, 1]
-    resumed = _fit(tmp_path, tiny_dataset, "runs/a", "--trainer.max_steps=4", "--ckpt_path=last")
-    assert "Restored all states" in resumed.stdout + resumed.stderr
+    out, err = succeeds(
+        in_process, *_fit(tiny_dataset, "runs/a", "--trainer.max_steps=4", "--ckpt_path=last")
+    )
+    assert "Restored all states" in out + err
     # the resumed run appends: the CSV covers the whole run, each step once
     assert _loss_steps(tmp_path / "runs" / "a" / "metrics.csv") == [0, 1, 2, 3]
 

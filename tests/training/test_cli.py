@@ -1,4 +1,6 @@
-"""The real ``lightning-llm`` CLI in subprocesses, on tiny overrides of the shipped presets."""
+"""The real ``lightning-llm`` CLI on tiny overrides of the shipped presets: in subprocesses where a test needs a
+process of its own (the quick start's fit, 2-process and Ctrl-C runs), otherwise in-process (``in_process``,
+``cli_runner``), without ~10-15 s of Python, torch and Lightning start-up per command."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_runner import isolated_process_state, run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -47,9 +50,9 @@ def cli(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subpro
     return proc
 
 
-def fit(tmp_path: Path, data: Path, preset: str, *extra: str, check: bool = True):
-    return cli(
-        "fit",
+def fit_args(tmp_path: Path, data: Path, preset: str, *extra: str) -> list[str]:
+    """The arguments of ``lightning-llm fit`` (after the subcommand) that ``fit`` passes."""
+    return [
         "--config",
         str(ROOT / "configs" / preset),
         f"--data.path={data}",
@@ -58,13 +61,26 @@ def fit(tmp_path: Path, data: Path, preset: str, *extra: str, check: bool = True
         f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
         *extra,
-        cwd=tmp_path,
-        check=check,
+    ]
+
+
+def fit(tmp_path: Path, data: Path, preset: str, *extra: str, check: bool = True):
+    return cli("fit", *fit_args(tmp_path, data, preset, *extra), cwd=tmp_path, check=check)
+
+
+def succeeds(run, command: str, *args: str) -> tuple[str, str]:
+    """(stdout, stderr) of an in-process ``lightning-llm COMMAND ARGS`` that must succeed (``run``:
+    the ``in_process`` fixture, or ``run_command`` with its capsys)."""
+    code, out, err = run(command, *args)
+    assert code is None, (
+        f"lightning-llm {command} {' '.join(args)} failed: {code}\n{out[-3000:]}\n{err[-5000:]}"
     )
+    return out, err
 
 
 @pytest.mark.slow
-def test_quickstart_fit_then_generate(tiny_dataset, tmp_path):
+def test_quickstart_fit_then_generate(tiny_dataset, tmp_path, capsys, monkeypatch):
+    # fit in a process of its own, as the quick start runs it: it puts that process's allocator in cache mode
     proc = fit(
         tmp_path,
         tiny_dataset,
@@ -87,95 +103,115 @@ def test_quickstart_fit_then_generate(tiny_dataset, tmp_path):
     vloss = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert ppl and abs(ppl[-1] - torch.tensor(vloss[-1]).exp().item()) / ppl[-1] < 1e-3
     assert next((tmp_path / "logs").rglob("loss.png")).stat().st_size > 1000
-    args = (
-        "generate",
-        "--ckpt_path",
-        str(last),
-        "--prompt",
-        "ROMEO:",
-        "--max_new_tokens",
-        "20",
-        "--seed",
-        "3",
-    )
-    out, again = (cli(*args, cwd=tmp_path) for _ in range(2))
-    assert out.stdout.startswith("ROMEO:") and len(out.stdout) > len("ROMEO:") + 5
-    assert again.stdout == out.stdout  # seeded
+    # the commands that read the checkpoint: in this process (isolated; each subprocess would pay ~10-15 s
+    # of start-up)
+    monkeypatch.chdir(tmp_path)
+    with isolated_process_state():
 
-    # validate and test score the checkpoint (test on the validation split, and says so)
-    scores = {}
-    for sub in ("validate", "test"):
-        proc = cli(
-            sub,
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            f"--data.path={tiny_dataset}",
-            *TINY,
-            f"--trainer.default_root_dir={tmp_path / sub}",
-            "--trainer.limit_test_batches=2",  # the batches validation saw (TINY: limit_val_batches=2)
-            f"--ckpt_path={last}",
-            cwd=tmp_path,
+        def run(*argv: str) -> tuple[str | None, str, str]:
+            return run_command(capsys, *argv, logs=True)
+
+        args = (
+            "generate",
+            "--ckpt_path",
+            str(last),
+            "--prompt",
+            "ROMEO:",
+            "--max_new_tokens",
+            "20",
+            "--seed",
+            "3",
         )
-        prefix = "val" if sub == "validate" else "test"
-        found = re.search(rf"{prefix}/loss\D+?([0-9]+\.[0-9]+)", proc.stdout)
-        assert found, proc.stdout[-2000:]
-        scores[sub] = float(found.group(1))
-    assert "testing on the validation split" in proc.stderr + proc.stdout
+        out, again = (succeeds(run, *args)[0] for _ in range(2))
+        assert out.startswith("ROMEO:") and len(out) > len("ROMEO:") + 5
+        assert again == out  # seeded
+
+        # validate and test score the checkpoint (test on the validation split, and says so)
+        scores = {}
+        for sub in ("validate", "test"):
+            stdout, stderr = succeeds(
+                run,
+                sub,
+                "--config",
+                str(ROOT / "configs" / "quickstart.yaml"),
+                f"--data.path={tiny_dataset}",
+                *TINY,
+                f"--trainer.default_root_dir={tmp_path / sub}",
+                "--trainer.limit_test_batches=2",  # the batches validation saw (TINY: limit_val_batches=2)
+                f"--ckpt_path={last}",
+            )
+            prefix = "val" if sub == "validate" else "test"
+            found = re.search(rf"{prefix}/loss\D+?([0-9]+\.[0-9]+)", stdout)
+            assert found, stdout[-2000:]
+            scores[sub] = float(found.group(1))
+        assert "testing on the validation split" in stderr + stdout
     assert scores["test"] == pytest.approx(scores["validate"], rel=1e-4)
     assert scores["validate"] == pytest.approx(vloss[-1], rel=1e-3)  # the last validation of fit
 
 
-def test_unknown_yaml_key_fails_before_training(tiny_dataset, tmp_path):
+def _refused(capsys, *argv: str) -> tuple[object, str]:
+    """(exit code, stderr) of an in-process ``lightning-llm ARGV`` that must fail: a one-paragraph message (the
+    exit code) or the parser's usage error (exit code 2, the message in stderr), never a traceback. The tests
+    that call it take the ``in_process`` fixture for its isolation: ``fit`` sets up the process's allocator
+    before it parses its arguments."""
+    from lightning_llm.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    code, err = exit_info.value.code, capsys.readouterr().err
+    assert code not in (0, None)
+    err += code if isinstance(code, str) else ""  # sys.exit(message) prints it to stderr
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_unknown_yaml_key_fails_before_training(tiny_dataset, tmp_path, in_process, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"model": {"config": {"n_layers": 2}}}))
-    proc = cli("fit", "--config", str(bad), f"--data.path={tiny_dataset}", cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert "n_layers" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    _, err = _refused(capsys, "fit", "--config", str(bad), f"--data.path={tiny_dataset}")
+    assert "n_layers" in err
 
 
-def test_unknown_component_fails_with_the_available_names(tiny_dataset, tmp_path):
-    proc = fit(tmp_path, tiny_dataset, "quickstart.yaml", "--model.config.attention=flashy", check=False)
-    assert proc.returncode != 0
-    assert "flashy" in proc.stderr and "naive" in proc.stderr and "sdpa" in proc.stderr
+def test_unknown_component_fails_with_the_available_names(tiny_dataset, tmp_path, in_process, capsys):
+    _, err = _refused(
+        capsys, "fit", *fit_args(tmp_path, tiny_dataset, "quickstart.yaml", "--model.config.attention=flashy")
+    )
+    assert "flashy" in err and "naive" in err and "sdpa" in err
     assert not (tmp_path / "ckpt").exists()
 
 
-def test_16_bit_mixed_precision_on_cpu_is_refused(tiny_dataset, tmp_path):
-    proc = fit(
-        tmp_path,
-        tiny_dataset,
-        "quickstart.yaml",
-        "--trainer.precision=16-mixed",
-        "--trainer.max_steps=1",
-        check=False,
+def test_16_bit_mixed_precision_on_cpu_is_refused(tiny_dataset, tmp_path, in_process, capsys):
+    _, err = _refused(
+        capsys,
+        "fit",
+        *fit_args(
+            tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.precision=16-mixed", "--trainer.max_steps=1"
+        ),
     )
-    assert proc.returncode != 0
-    assert "16-mixed" in proc.stderr and "bf16-mixed" in proc.stderr
+    assert "16-mixed" in err and "bf16-mixed" in err
 
 
-def test_generate_prompt_longer_than_block_size(tiny_dataset, tmp_path):
-    fit(
-        tmp_path,
-        tiny_dataset,
-        "quickstart.yaml",
-        "--trainer.max_steps=1",
-        "--checkpoint.every_n_train_steps=1",
+def test_generate_prompt_longer_than_block_size(tiny_dataset, tmp_path, in_process):
+    succeeds(
+        in_process,
+        "fit",
+        *fit_args(
+            tmp_path,
+            tiny_dataset,
+            "quickstart.yaml",
+            "--trainer.max_steps=1",
+            "--checkpoint.every_n_train_steps=1",
+        ),
     )
-    proc = cli(
-        "generate",
-        "--ckpt_path",
-        str(tmp_path / "ckpt" / "last.ckpt"),
-        "--prompt",
-        "word " * 200,
-        cwd=tmp_path,
-        check=False,
+    code, _, _ = in_process(
+        "generate", "--ckpt_path", str(tmp_path / "ckpt" / "last.ckpt"), "--prompt", "word " * 200
     )
-    assert proc.returncode != 0 and "block size" in proc.stderr
+    assert code is not None and "block size" in code
 
 
-def test_every_preset_parses_and_builds_on_meta(tiny_dataset, capsys):
-    """Config hub: each YAML in configs/ parses with the real parser and its model builds on the meta device."""
+def test_every_preset_parses_and_builds_on_meta(tiny_dataset, capsys, in_process):
+    """Config hub: each YAML in configs/ parses with the real parser and its model builds on the meta device.
+    (``in_process``: isolated, since ``main`` sets up the allocator before it parses.)"""
     from jsonargparse import ArgumentParser
 
     from lightning_llm.dpo import LitDPO
@@ -309,16 +345,16 @@ def test_gpu_precisions(tiny_dataset, tmp_path, precision):
     assert (tmp_path / "ckpt" / "last.ckpt").exists()
 
 
-def test_fit_help_documents_every_config_field():
+def test_fit_help_documents_every_config_field(in_process, capsys):
     from dataclasses import fields
 
+    from lightning_llm.cli import main
     from lightning_llm.config import GPTConfig
 
-    out = subprocess.run(
-        [sys.executable, "-m", "lightning_llm", "fit", "--help"], capture_output=True, text=True
-    )
-    assert out.returncode == 0
-    text = " ".join(out.stdout.split())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code in (0, None)
+    text = " ".join(capsys.readouterr().out.split())
     assert "Number of key/value heads (GQA; 1 = MQA)" in text
     assert "Peak learning rate" in text
     for f in fields(GPTConfig):

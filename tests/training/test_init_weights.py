@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from test_cli import ROOT, TINY, cli, fit
+from test_cli import ROOT, TINY, fit_args, succeeds
 
 from lightning_llm.config import GPTConfig
 from lightning_llm.data.tokenizer import Tokenizer, gpt2_tokenizer
@@ -47,17 +47,32 @@ def test_a_dataset_with_another_tokenizer_is_refused(tiny_dataset) -> None:
 
 
 @pytest.mark.slow
-def test_an_exported_then_imported_model_validates_like_the_original(tiny_dataset, tmp_path) -> None:
-    """fit -> export to transformers -> import -> validate/fit from init_weights: the same model."""
+def test_an_exported_then_imported_model_validates_like_the_original(
+    tiny_dataset, tmp_path, in_process
+) -> None:
+    """fit -> export to transformers -> import -> validate/fit from init_weights: the same model (every command
+    in this process: no step needs a process of its own)."""
     pytest.importorskip("transformers")
-    fit(tmp_path, tiny_dataset, "quickstart.yaml", "--trainer.max_steps=4", "--trainer.val_check_interval=4")
+    run = in_process
+    succeeds(
+        run,
+        "fit",
+        *fit_args(
+            tmp_path,
+            tiny_dataset,
+            "quickstart.yaml",
+            "--trainer.max_steps=4",
+            "--trainer.val_check_interval=4",
+        ),
+    )
     last = tmp_path / "ckpt" / "last.ckpt"
-    cli("export", "--ckpt_path", str(last), "--to", "hf", "--out", str(tmp_path / "hf"), cwd=tmp_path)
+    succeeds(run, "export", "--ckpt_path", str(last), "--to", "hf", "--out", str(tmp_path / "hf"))
     imported = tmp_path / "imported.ckpt"
-    cli("import", "--from", str(tmp_path / "hf"), "--out", str(imported), cwd=tmp_path)
+    succeeds(run, "import", "--from", str(tmp_path / "hf"), "--out", str(imported))
 
     def validate(*extra: str) -> tuple[float, str]:
-        proc = cli(
+        out, err = succeeds(
+            run,
             "validate",
             "--config",
             str(ROOT / "configs" / "quickstart.yaml"),
@@ -65,9 +80,8 @@ def test_an_exported_then_imported_model_validates_like_the_original(tiny_datase
             *TINY,
             f"--trainer.default_root_dir={tmp_path / 'validate'}",
             *extra,
-            cwd=tmp_path,
         )
-        return float(re.search(r"val/loss\D+?([0-9]+\.[0-9]+)", proc.stdout).group(1)), proc.stderr
+        return float(re.search(r"val/loss\D+?([0-9]+\.[0-9]+)", out).group(1)), err
 
     original, _ = validate(f"--ckpt_path={last}")
     warm, log = validate(f"--model.init_weights={imported}")
@@ -76,16 +90,22 @@ def test_an_exported_then_imported_model_validates_like_the_original(tiny_datase
 
     # fit starts from them (step 0), and a weights-only file given to --ckpt_path points to init_weights
     (tmp_path / "warm").mkdir(), (tmp_path / "bad").mkdir()
-    proc = fit(
-        tmp_path / "warm",
-        tiny_dataset,
-        "quickstart.yaml",
-        "--trainer.max_steps=1",
-        f"--model.init_weights={imported}",
+    _, err = succeeds(
+        run,
+        "fit",
+        *fit_args(
+            tmp_path / "warm",
+            tiny_dataset,
+            "quickstart.yaml",
+            "--trainer.max_steps=1",
+            f"--model.init_weights={imported}",
+        ),
     )
-    assert "Starting from the weights of" in proc.stderr
-    refused = fit(tmp_path / "bad", tiny_dataset, "quickstart.yaml", f"--ckpt_path={imported}", check=False)
-    assert refused.returncode != 0 and "--model.init_weights" in refused.stderr
+    assert "Starting from the weights of" in err
+    refused, _, _ = run(
+        "fit", *fit_args(tmp_path / "bad", tiny_dataset, "quickstart.yaml", f"--ckpt_path={imported}")
+    )
+    assert refused is not None and "--model.init_weights" in refused
 
 
 def test_prepare_tokenizes_with_the_tokenizer_of_a_checkpoint(tiny_corpus, tiny_dataset, tmp_path) -> None:
