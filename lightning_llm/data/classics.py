@@ -182,16 +182,22 @@ class ClassicsSource(Source):
                 yield Document(strip_gutenberg(doc.text), doc.source)
 
     def _tar_texts(self, archive: Path, select: Callable[[str], bool], work: str) -> Iterator[Document]:
-        with tarfile.open(archive, "r:gz") as tar:
-            members = sorted(
-                (m for m in tar.getmembers() if m.isfile() and select(m.name)), key=lambda m: m.name
-            )
-            for member in tqdm(members, desc=f"classics: {work}", unit="work", leave=False, disable=None):
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                self.stats["files"] += 1
-                self.stats["bytes_read"] += len(data)
-                text, _ = decode(data, fallback="latin-1")  # Gutenberg editions of this age: ASCII or latin-1
-                yield Document(text, f"classics:{work}/{PurePosixPath(member.name).name}")
+        """The selected members in name order, read in one sequential pass over the compressed archive.
+
+        (Extracting members out of archive order made gzip decompress from the start again for every
+        backward seek: ~5 s of the 12 MB corpus's read time.)
+        """
+        found: dict[str, bytes] = {}
+        with tarfile.open(archive, "r|gz") as tar:  # a stream: members in archive order, no seeking
+            for member in tar:
+                if member.isfile() and select(member.name):
+                    found[member.name] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        for name in tqdm(sorted(found), desc=f"classics: {work}", unit="work", leave=False, disable=None):
+            data = found.pop(name)
+            self.stats["files"] += 1
+            self.stats["bytes_read"] += len(data)
+            text, _ = decode(data, fallback="latin-1")  # Gutenberg editions of this age: ASCII or latin-1
+            yield Document(text, f"classics:{work}/{PurePosixPath(name).name}")
 
     def _bible(self, archive: Path) -> Iterator[Document]:
         """The King James Bible, one verse per JSON line in the archive, grouped into one document per book."""

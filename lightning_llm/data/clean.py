@@ -166,7 +166,12 @@ def config_filters(cfg: CleanConfig) -> list[Any]:
     )
 
 
-def build_pipeline(cfg: CleanConfig, workers: int = 1, context: FilterContext | None = None) -> Pipeline:
+def build_pipeline(
+    cfg: CleanConfig,
+    workers: int = 1,
+    context: FilterContext | None = None,
+    on_forked: Callable[[], None] | None = None,
+) -> Pipeline:
     """The steps ``cfg`` asks for, in order: normalise, whitespace, boilerplate, filters, dedup.
 
     With a ``context`` the plugin filters are set up (models loaded) here, before any document is read.
@@ -188,4 +193,4 @@ def build_pipeline(cfg: CleanConfig, workers: int = 1, context: FilterContext | 
         steps.append(ExactDedup())
     if cfg.near_dedup:
         steps.append(NearDedup(cfg.minhash_threshold, cfg.minhash_num_perm, cfg.shingle_size))
-    return Pipeline(steps, workers=workers)
+    return Pipeline(steps, workers=workers, on_forked=on_forked)

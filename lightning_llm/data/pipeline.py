@@ -11,8 +11,9 @@ A step is a ``Document -> Document | None`` callable (``None`` drops the documen
 
 With ``workers > 1`` the steps before the first stateful one, and the ``precompute`` of the stateful ones,
 run in a pool of forked processes (models loaded by ``setup`` in the parent are shared copy-on-write);
-documents are sent in reading order and at most a few per worker are in flight, so memory stays bounded
-and the output (and every count) is the same as with ``workers=1``.
+documents are sent in reading order, the parent reads ahead while the workers are busy (at most
+``IN_FLIGHT_CHARS`` of text in flight, so memory stays bounded), and results come back in reading order,
+so the output (and every count) is the same as with ``workers=1``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lightning_llm.data.filtering import DocumentFilter
 Step = Callable[[Document], Document | None]
 EXAMPLES = 3  # removed examples kept per filter for the report
 BINS = 20  # histogram bins over a filter's score_range
+IN_FLIGHT_CHARS = 64_000_000  # text sent to workers and not yet handed back, at most (bounds the memory)
 
 
 def step_name(step: Step) -> str:
@@ -120,9 +122,14 @@ class Pipeline:
     deduplicated against those of the first (use a new pipeline for an unrelated corpus).
     """
 
-    def __init__(self, steps: list[Step], workers: int = 1) -> None:
+    def __init__(
+        self, steps: list[Step], workers: int = 1, on_forked: Callable[[], None] | None = None
+    ) -> None:
         self.steps = list(steps)
         self.workers = workers
+        self.on_forked = (
+            on_forked  # called once the worker processes exist (the parent may start threads then)
+        )
         self.stats = [StepStats(step_name(s)) for s in self.steps]
         for step, stats in zip(self.steps, self.stats, strict=True):
             if isinstance(step, DocumentFilter) and step.score_range is not None:
@@ -172,13 +179,21 @@ class Pipeline:
         ctx = multiprocessing.get_context("fork")
         try:
             with ctx.Pool(self.workers) as pool:
-                pending: deque[Any] = deque()
+                if self.on_forked is not None:
+                    self.on_forked()
+                pending: deque[tuple[Any, int]] = deque()
+                in_flight = 0
                 for doc in docs:
-                    pending.append(pool.apply_async(_worker, (doc,)))
-                    if len(pending) >= 4 * self.workers:
-                        yield pending.popleft().get()
+                    size = len(doc.text)
+                    pending.append((pool.apply_async(_worker, (doc,)), size))
+                    in_flight += size
+                    # read ahead while the workers are busy, up to IN_FLIGHT_CHARS; hand back what is done
+                    while pending and (in_flight > IN_FLIGHT_CHARS or pending[0][0].ready()):
+                        result, size = pending.popleft()
+                        in_flight -= size
+                        yield result.get()
                 while pending:
-                    yield pending.popleft().get()
+                    yield pending.popleft()[0].get()
         finally:
             _WORKER_STEPS = None
 

@@ -16,8 +16,10 @@ staging and leaves the directory as it found it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -205,7 +207,11 @@ def _read_and_split(
     cfg: PrepareConfig, source: Any, out: Path, staging: Path
 ) -> tuple[dict[str, Any], Any, dict]:
     """Stream documents through the cleaning pipeline into train/val staging shards."""
-    pipeline = build_pipeline(cfg.clean, workers=cfg.num_workers, context=FilterContext(out))
+    # litdata (and torch, ~3 s to import) and matplotlib are needed only after cleaning: import them while the
+    # workers clean, once they are forked (forking while another thread imports could leave a child's import
+    # locks held)
+    importer = threading.Thread(target=_import_later, daemon=True)
+    pipeline = build_pipeline(cfg.clean, cfg.num_workers, FilterContext(out), on_forked=importer.start)
     writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes, seed=cfg.seed) for s in SPLITS}
     read = {"documents": 0, "bytes": 0}
     bar = tqdm(desc="read + clean", unit="B", unit_scale=True, unit_divisor=1024)
@@ -226,6 +232,14 @@ def _read_and_split(
     for w in writers.values():
         w.close()
     return read, pipeline, writers
+
+
+def _import_later() -> None:
+    importlib.import_module("litdata")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, as write_histograms draws them
+    importlib.import_module("matplotlib.pyplot")
 
 
 def _ensure_both_splits(writers: dict[str, ShardWriter], val_fraction: float) -> None:
