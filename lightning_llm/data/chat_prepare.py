@@ -57,9 +57,15 @@ from lightning_llm.data.errors import ConfigError, DatasetDamaged, PrepareError
 from lightning_llm.data.integrity import index_sha256
 from lightning_llm.data.layout import LOCK_FILE, MARKER, REPORT, SPLITS, STAGING, TOKENIZER_DIR, read_marker
 from lightning_llm.data.locking import atomic_write_text, exclusive
-from lightning_llm.data.prepare import checkpoint_tokenizer, fingerprint_of
+from lightning_llm.data.prepare import fingerprint_of
 from lightning_llm.data.shards import split_key
-from lightning_llm.data.tokenizer import TOKENIZER_FILE, Tokenizer, TokenizerError, gpt2_tokenizer
+from lightning_llm.data.tokenizer import (
+    TOKENIZER_FILE,
+    Tokenizer,
+    TokenizerError,
+    checkpoint_tokenizer,
+    gpt2_tokenizer,
+)
 
 if TYPE_CHECKING:  # the settings are defined with the command line that fills them
     from lightning_llm.cli.prepare_chat import ChatPrepareConfig

@@ -46,10 +46,10 @@ class LabelledDocument:
 @lru_cache(maxsize=1)
 def classics_texts() -> dict[str, tuple[str, ...]]:
     """The classics documents by work, line endings normalised to ``\\n``, duplicates (Milton's) once."""
-    from lightning_llm.data.sources import resolve_source
+    from lightning_llm.data.classics import ClassicsSource  # what the registered "classics" source builds
 
     texts: dict[str, dict[str, None]] = {work: {} for work in CLASSICS_WORKS}
-    for doc in resolve_source("classics", text_field="text", cache_dir=None).documents():
+    for doc in ClassicsSource().documents():
         work = doc.source.removeprefix("classics:").partition("/")[0]
         texts[work][doc.text.replace("\r\n", "\n")] = None
     return {work: tuple(found) for work, found in texts.items()}

@@ -37,6 +37,7 @@ from lightning_llm.data.histograms import write_histograms
 from lightning_llm.data.integrity import check_written, index_sha256, verify_dataset
 from lightning_llm.data.layout import FILTERS_DIR, MARKER, REPORT, SPLITS, STAGING, TOKENIZER_DIR, read_marker
 from lightning_llm.data.locking import atomic_write_text, exclusive
+from lightning_llm.data.report import format_clean_report, summary
 from lightning_llm.data.shards import (
     ShardWriter,
     read_shard,
@@ -50,7 +51,9 @@ from lightning_llm.data.tokenizer import (
     HF_TOKENIZER_FILE,
     Tokenizer,
     TokenizerError,
+    checkpoint_tokenizer,
     gpt2_tokenizer,
+    tokenizer_id,
     train_bpe_with_hf,
 )
 from lightning_llm.data.validate import TOKENIZERS, config_problems, parse_bytes
@@ -127,7 +130,7 @@ def settings_of(cfg: PrepareConfig, source_fingerprint: str) -> dict[str, Any]:
     return {
         "source_fingerprint": source_fingerprint,
         "text_field": cfg.text_field,
-        "tokenizer": cfg.tokenizer if cfg.tokenizer in TOKENIZERS else _tokenizer_id(cfg.tokenizer),
+        "tokenizer": cfg.tokenizer if cfg.tokenizer in TOKENIZERS else tokenizer_id(cfg.tokenizer),
         "vocab_size": cfg.vocab_size if cfg.tokenizer == "bpe" else None,
         "val_fraction": cfg.val_fraction,
         "seed": cfg.seed,
@@ -256,29 +259,6 @@ def _ensure_both_splits(writers: dict[str, ShardWriter], val_fraction: float) ->
                 head, tail = split_text(last, val_fraction)
                 (full if full is train else empty).write(head)
                 (empty if full is train else full).write(tail)
-
-
-def checkpoint_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer stored in a lightning-llm checkpoint file (read with ``weights_only``, memory-mapped)."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch's readers raise many types for a file that is not a checkpoint
-        raise ConfigError(
-            f"--tokenizer {path} is not a readable checkpoint: {str(err).splitlines()[0]}"
-        ) from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("tokenizer"), dict):
-        raise ConfigError(
-            f"--tokenizer {path} holds no lightning-llm tokenizer; give a checkpoint written by "
-            "lightning-llm fit or import, or bpe / gpt2."
-        )
-    return Tokenizer.from_dict(ckpt["tokenizer"])
-
-
-def _tokenizer_id(path: str) -> str:
-    tok = checkpoint_tokenizer(path)
-    return f"{tok.name}:{tok.fingerprint()}"  # a changed checkpoint tokenizer is not silently reused
 
 
 def _build_tokenizer(cfg: PrepareConfig, writers: dict[str, ShardWriter], tok_dir: Path) -> Tokenizer:
@@ -418,26 +398,3 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
     atomic_write_text(out / MARKER, json.dumps(marker, indent=2))
     print(summary(report, out))
     return out
-
-
-def format_clean_report(steps: list[dict[str, Any]]) -> str:
-    """The cleaning pipeline's per-step counts as a small text table."""
-    lines = [f"  {'step':<24}{'docs in':>10}{'removed':>10}{'docs out':>10}{'MB out':>10}"]
-    for s in steps:
-        lines.append(
-            f"  {s['name']:<24}{s['docs_in']:>10}{s['docs_removed']:>10}{s['docs_out']:>10}{s['bytes_out'] / 1e6:>10.2f}"
-        )
-    return "\n".join(lines)
-
-
-def summary(report: dict[str, Any], out: Path) -> str:
-    """A human-readable summary of a report."""
-    sp = report["splits"]
-    return (
-        f"Prepared {out}: {report['documents_read']} documents / {report['bytes_read'] / 1e6:.1f} MB read, "
-        f"{report['documents_kept']} kept ({report['duplicates_removed']} duplicates removed)\n"
-        + format_clean_report(report["clean"])
-        + f"\n  tokens: train {sp['train']['tokens']:,}, val {sp['val']['tokens']:,} "
-        f"({report['tokens_per_byte']:.3f} tokens/byte, tokenizer {report['tokenizer']['name']})\n"
-        f"  {report['timings']['total_s']:.1f} s, {report['mb_per_s']:.2f} MB/s"
-    )

@@ -23,6 +23,8 @@ from typing import Any
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from lightning_llm.data.errors import ConfigError
+
 ENDOFTEXT = "<|endoftext|>"
 FORMAT = "lightning_llm.tokenizer/1"
 TOKENIZER_FILE = "tokenizer.json"
@@ -318,3 +320,27 @@ def load_hf(directory: str | Path) -> Any | None:
     from tokenizers import Tokenizer as HFTokenizer
 
     return HFTokenizer.from_file(str(path))
+
+
+def checkpoint_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer stored in a lightning-llm checkpoint file (read with ``weights_only``, memory-mapped)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch's readers raise many types for a file that is not a checkpoint
+        raise ConfigError(
+            f"--tokenizer {path} is not a readable checkpoint: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("tokenizer"), dict):
+        raise ConfigError(
+            f"--tokenizer {path} holds no lightning-llm tokenizer; give a checkpoint written by "
+            "lightning-llm fit or import, or bpe / gpt2."
+        )
+    return Tokenizer.from_dict(ckpt["tokenizer"])
+
+
+def tokenizer_id(path: str) -> str:
+    """``name:fingerprint`` of a checkpoint's tokenizer: what a dataset's settings record for it."""
+    tok = checkpoint_tokenizer(path)
+    return f"{tok.name}:{tok.fingerprint()}"  # a changed checkpoint tokenizer is not silently reused
