@@ -27,7 +27,7 @@ class QualityFilter(DocumentFilter):
     """Keep documents whose mean P(trusted) under a classifier from ``lightning-llm train-quality`` is at least min_score."""
 
     score_range = (0.0, 1.0)
-    requires = ("sklearn",)  # scikit-learn, imported when the classifier is loaded
+    requires = ("numpy",)  # scoring needs numpy alone; scikit-learn only trains (train-quality)
 
     def __init__(self, *, classifier: str, min_score: float = 0.5, max_passages: int = 16) -> None:
         """
@@ -66,7 +66,7 @@ class QualityFilter(DocumentFilter):
         return self._model
 
     def setup(self, context: FilterContext) -> None:
-        """Load the classifier (and scikit-learn) once, before any document; forked workers share it."""
+        """Load the classifier once, before any document; forked workers share it."""
         self._load()
 
     def passage_scores(self, text: str) -> tuple[list[str], np.ndarray]:

@@ -12,16 +12,20 @@ and the intercept) and ``classifier.json`` (the featurization, the passage lengt
 sources, passage counts, held-out accuracy / precision / recall, date). ``lightning-llm train-quality``
 writes one; the ``quality`` filter (:mod:`lightning_llm.data.quality`) applies it in ``prepare``.
 
-scikit-learn is imported only when a classifier is trained or loaded (``pip install 'lightning-llm[filters]'``).
+scikit-learn (and scipy) are imported only to train a classifier (``pip install 'lightning-llm[filters]'``);
+loading and scoring need numpy alone, so ``prepare`` starts fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import random
+import re
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +36,8 @@ from tqdm.auto import tqdm
 
 from lightning_llm.data.filtering import INSTALL_HINT, FilterError
 
-FORMAT = 1
+FORMAT = 2  # 1: scikit-learn's HashingVectorizer (MurmurHash3) features
+FEATURIZER = "crc32-v1"
 COEF_FILE = "classifier.npz"
 META_FILE = "classifier.json"
 TRAIN_COMMAND = "lightning-llm train-quality --positive TRUSTED --negative JUNK --output_dir DIR"
@@ -45,7 +50,6 @@ def _sklearn() -> Any:
     """The ``sklearn`` package, or a ``FilterError`` saying how to install it."""
     try:
         import sklearn
-        import sklearn.feature_extraction.text  # noqa: F401
         import sklearn.linear_model  # noqa: F401
     except ImportError as err:
         raise FilterError(f"The quality classifier needs scikit-learn ({err}): {INSTALL_HINT}") from None
@@ -96,32 +100,63 @@ def evenly_spaced(items: Sequence[str], k: int) -> list[str]:
 # -- the model ------------------------------------------------------------------------------------------
 @dataclass
 class Featurizer:
-    """How a passage becomes a feature vector (stored in ``classifier.json``)."""
+    """How a passage becomes a feature vector (stored in ``classifier.json``).
 
-    n_features: int = 2**18
-    """Hash buckets (columns of the feature matrix)."""
-    ngram_range: tuple[int, int] = (1, 2)
-    """Word n-gram lengths: unigrams and bigrams."""
-    lowercase: bool = True
-    """Lowercase before tokenizing."""
-    token_pattern: str = TOKEN_PATTERN
-    """Regular expression of a token."""
-    alternate_sign: bool = True
-    """Signed hashing, so colliding n-grams tend to cancel rather than add up."""
+    Tokens are found by ``token_pattern`` in the (lowercased) passage; an n-gram hashes to
+    ``zlib.crc32`` of its tokens' UTF-8 bytes joined by single spaces (which no token holds), computed by
+    chaining: crc32 of bigram "a b" is ``crc32(b" b", crc32(b"a"))``. The low bits of the hash pick the
+    bucket, bit 31 the sign. Counts are summed per bucket (signed), then ``sign * log1p(|count|)``, and
+    the passage's vector is L2-normalised. Plain Python and numpy: scoring imports neither scipy nor
+    scikit-learn.
+    """
 
-    def vectorizer(self) -> Any:
-        _sklearn()
-        from sklearn.feature_extraction.text import HashingVectorizer
+    name: str = FEATURIZER  # the hashing scheme: a classifier trained with another one cannot be read
+    n_features: int = 2**18  # hash buckets (columns of the feature matrix): a power of two
+    ngram_range: tuple[int, int] = (1, 2)  # word n-gram lengths: unigrams and bigrams
+    lowercase: bool = True  # lowercase before tokenizing
+    token_pattern: str = TOKEN_PATTERN  # regular expression of a token
+    alternate_sign: bool = True  # signed hashing: colliding n-grams tend to cancel rather than add up
 
-        return HashingVectorizer(
-            n_features=self.n_features,
-            ngram_range=tuple(self.ngram_range),
-            lowercase=self.lowercase,
-            token_pattern=self.token_pattern,
-            alternate_sign=self.alternate_sign,
-            norm=None,
-            dtype=np.float64,
-        )
+    def __post_init__(self) -> None:
+        self.ngram_range = (int(self.ngram_range[0]), int(self.ngram_range[1]))
+        lo, hi = self.ngram_range
+        if self.name != FEATURIZER or not 1 <= lo <= hi or self.n_features & (self.n_features - 1):
+            raise ValueError(f"unsupported featurizer {vars(self)}")
+        self._tokens = re.compile(self.token_pattern).findall
+
+    def hashes(self, passage: str) -> np.ndarray:
+        """crc32 (uint32) of each n-gram of ``passage``."""
+        tokens = self._tokens(passage.lower() if self.lowercase else passage)
+        try:
+            encoded = list(map(str.encode, tokens))
+        except UnicodeEncodeError:  # a lone surrogate
+            encoded = [t.encode("utf-8", "surrogatepass") for t in tokens]
+        lo, hi = self.ngram_range
+        grams = list(map(zlib.crc32, encoded))
+        out = grams if lo == 1 else []
+        if hi > 1:
+            spaced = list(map(b" ".__add__, encoded))
+            for n in range(2, hi + 1):
+                grams = list(map(zlib.crc32, spaced[n - 1 :], grams))
+                if n >= lo:
+                    out = out + grams
+        return np.fromiter(out, dtype=np.uint32, count=len(out))
+
+    def transform(self, passages: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, bucket, value) of each nonzero feature of ``passages``: row-major, values L2-normalised."""
+        per_passage = [self.hashes(p) for p in passages]
+        lengths = np.fromiter(map(len, per_passage), dtype=np.int64, count=len(per_passage))
+        h = np.concatenate(per_passage) if per_passage else np.zeros(0, dtype=np.uint32)
+        keys = np.repeat(np.arange(len(passages), dtype=np.int64), lengths) * self.n_features
+        keys += (h & np.uint32(self.n_features - 1)).astype(np.int64)
+        signs = 1.0 - 2.0 * (h >> np.uint32(31)) if self.alternate_sign else np.ones(len(h))
+        unique, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=signs, minlength=len(unique))
+        values = np.sign(counts) * np.log1p(np.abs(counts))
+        rows, buckets = np.divmod(unique, self.n_features)
+        norms = np.sqrt(np.bincount(rows, weights=values * values, minlength=len(passages)))
+        norms[norms == 0] = 1.0
+        return rows, buckets, values / norms[rows]
 
 
 @dataclass
@@ -133,32 +168,22 @@ class QualityModel:
     intercept: float
     passage_chars: int
     meta: dict[str, Any] = field(default_factory=dict)
-    _vectorizer: Any = field(default=None, repr=False)
-
-    def _hashed(self, passages: Sequence[str]) -> tuple[Any, np.ndarray, np.ndarray]:
-        """CSR of log-scaled signed hashed counts, the row of each stored value, and the rows' L2 norms."""
-        if self._vectorizer is None:
-            self._vectorizer = self.featurizer.vectorizer()
-        x = self._vectorizer.transform(passages).tocsr()
-        x.data = np.sign(x.data) * np.log1p(np.abs(x.data))
-        rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
-        norms = np.sqrt(np.bincount(rows, weights=x.data * x.data, minlength=x.shape[0]))
-        norms[norms == 0] = 1.0
-        return x, rows, norms
 
     def features(self, passages: Sequence[str]) -> Any:
-        """Sparse (passages × n_features) matrix: log-scaled signed hashed counts, rows L2-normalised."""
-        x, rows, norms = self._hashed(passages)
-        x.data = x.data / norms[rows]
-        return x
+        """``scipy.sparse.csr_matrix`` (passages × n_features) of the features (for training)."""
+        import scipy.sparse as sp
+
+        rows, buckets, values = self.featurizer.transform(passages)
+        shape = (len(passages), self.featurizer.n_features)
+        return sp.csr_matrix((values, (rows, buckets)), shape=shape)
 
     def probabilities(self, passages: Sequence[str]) -> np.ndarray:
-        """P(trusted) of each passage (the dot product straight from the sparse arrays: cheap per call)."""
+        """P(trusted) of each passage: sigmoid(w·x + b), the dot product gathered straight from ``coef``."""
         if not passages:
             return np.zeros(0)
-        x, rows, norms = self._hashed(passages)
-        dots = np.bincount(rows, weights=x.data * self.coef[x.indices], minlength=x.shape[0])
-        return 1.0 / (1.0 + np.exp(-(dots / norms + self.intercept)))
+        rows, buckets, values = self.featurizer.transform(passages)
+        dots = np.bincount(rows, weights=values * self.coef[buckets], minlength=len(passages))
+        return 1.0 / (1.0 + np.exp(-(dots + self.intercept)))
 
     def document_passages(self, text: str, max_passages: int) -> list[str]:
         """The passages of ``text`` that decide its score: at most ``max_passages``, evenly spaced."""
@@ -171,7 +196,9 @@ class QualityModel:
         meta = {
             **self.meta,
             "format": FORMAT,
-            "featurizer": {**vars(self.featurizer), "ngram_range": list(self.featurizer.ngram_range)},
+            "featurizer": {
+                f.name: getattr(self.featurizer, f.name) for f in dataclasses.fields(self.featurizer)
+            },
             "passage_chars": self.passage_chars,
         }
         tmp = directory / f".{COEF_FILE}.{os.getpid()}.tmp.npz"
@@ -201,20 +228,27 @@ def load_classifier(directory: str | Path) -> QualityModel:
     try:
         meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
         feat = meta["featurizer"]
-        featurizer = Featurizer(**{**feat, "ngram_range": tuple(feat["ngram_range"])})
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise _missing(directory, f"the files are damaged ({type(err).__name__}: {err})") from None
+    name = feat.get("name") if isinstance(feat, dict) else None
+    if meta.get("format") != FORMAT or name != FEATURIZER:
+        raise ValueError(
+            f"quality classifier {directory} is of format {meta.get('format')!r} with featurizer {name!r}, "
+            f"written by an older version of lightning-llm; this version reads format {FORMAT} "
+            f"({FEATURIZER} features) only. Retrain it with `{TRAIN_COMMAND}` (the same sources and options)."
+        )
+    try:
+        featurizer = Featurizer(**feat)
         with np.load(directory / COEF_FILE, allow_pickle=False) as arrays:
             coef = np.asarray(arrays["coef"], dtype=np.float64)
             intercept = float(arrays["intercept"][0])
         passage_chars = int(meta["passage_chars"])
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, re.error) as err:
         raise _missing(directory, f"the files are damaged ({type(err).__name__}: {err})") from None
-    if meta.get("format") != FORMAT:
-        raise _missing(directory, f"format {meta.get('format')!r} is not {FORMAT}, which this version reads")
     if coef.shape != (featurizer.n_features,) or not np.all(np.isfinite(coef)) or passage_chars < 1:
         raise _missing(
             directory, f"coefficients of shape {coef.shape} do not fit {featurizer.n_features} features"
         )
-    _sklearn()
     return QualityModel(featurizer, coef, intercept, passage_chars, meta)
 
 
@@ -361,12 +395,9 @@ def train_quality_classifier(
     fp = int(np.sum(predicted & ~truth))
     model.meta = {
         "kind": "lightning-llm quality classifier",
-        "model": {
-            "type": "logistic_regression",
-            "solver": "liblinear (dual)",
-            "C": regularization,
-            "class_weight": "balanced",
-        },
+        "model": dict(
+            type="logistic_regression", solver="liblinear (dual)", C=regularization, class_weight="balanced"
+        ),
         "training": {
             "positive": pos_info,
             "negative": neg_info,

@@ -14,6 +14,7 @@ import multiprocessing
 import random
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -315,6 +316,72 @@ def test_clear_errors(tmp_path: Path, corpus: dict[str, str], monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(FilterError, match=r"pip install 'lightning-llm\[filters\]'"):
         train_quality_classifier(corpus["positive"], corpus["negative"], tmp_path / "q4")
+
+
+def test_old_format_classifier_asks_for_retraining(
+    trained: tuple[QualityModel, Path], tmp_path: Path
+) -> None:
+    _, out = trained
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / COEF_FILE).write_bytes((out / COEF_FILE).read_bytes())
+    meta = json.loads((out / META_FILE).read_text())
+    meta["format"] = 1
+    meta["featurizer"] = {k: v for k, v in meta["featurizer"].items() if k != "name"}  # HashingVectorizer's
+    (old / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(
+        FilterError, match=r"format 1 .*older version.*Retrain it with `lightning-llm train-quality"
+    ):
+        QualityFilter(classifier=str(old)).setup(FilterContext(tmp_path))
+    assert (
+        meta["featurizer"]["n_features"] == 2**18 and json.loads((out / META_FILE).read_text())["format"] == 2
+    )
+
+
+def test_features_are_crc32_of_ngrams(trained: tuple[QualityModel, Path]) -> None:
+    model, _ = trained
+    featurizer = model.featurizer
+    rows, buckets, values = featurizer.transform(["The cat, the cat.", "", "x \ud800"])
+    assert set(rows.tolist()) == {0, 2}  # the blank passage has no features
+    expected: dict[int, float] = {}
+    grams = ["the", "cat", ",", "the", "cat", ".", "the cat", "cat ,", ", the", "the cat", "cat ."]
+    for gram in grams:
+        h = zlib.crc32(gram.encode())
+        bucket = h % featurizer.n_features
+        expected[bucket] = expected.get(bucket, 0.0) + (-1.0 if h >> 31 else 1.0)
+    logged = {b: np.sign(c) * np.log1p(abs(c)) for b, c in expected.items() if c}
+    norm = np.sqrt(sum(v * v for v in logged.values()))
+    got = {int(b): float(v) for r, b, v in zip(rows, buckets, values, strict=True) if r == 0 and v}
+    assert got.keys() == logged.keys()
+    assert all(abs(got[b] - logged[b] / norm) < 1e-12 for b in got)
+
+
+def test_scoring_imports_neither_scikit_learn_nor_scipy(
+    trained: tuple[QualityModel, Path], works: tuple[list[Document], list[Document]]
+) -> None:
+    _, out = trained
+    texts = [d.text[:30_000] for d in works[1][:3]] + junk(6, 4) + [""]
+    code = (
+        "import json, sys\n"
+        "from lightning_llm.data.filtering import FilterContext\n"
+        "from lightning_llm.data.quality import QualityFilter\n"
+        "flt = QualityFilter(classifier=sys.argv[1])\n"
+        "flt.setup(FilterContext(sys.argv[1]))\n"
+        "scores = [flt.score(t) for t in json.loads(sys.stdin.read())]\n"
+        "print(json.dumps({'scores': scores, 'modules': [m for m in ('sklearn', 'scipy') if m in sys.modules]}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["modules"] == []  # neither "sklearn" nor "scipy" in sys.modules after setup and scoring
+    here = QualityFilter(classifier=str(out))
+    assert result["scores"] == [here.score(t) for t in texts]
+    assert min(result["scores"][:3]) >= 0.9 and max(result["scores"][3:]) < 0.5
 
 
 def test_filter_module_imports_no_scikit_learn() -> None:
