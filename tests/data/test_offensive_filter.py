@@ -16,6 +16,7 @@ The assertions leave a margin of a line or two for another build of the model.
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import subprocess
@@ -293,3 +294,46 @@ def test_fingerprint_names_the_library_scikit_learn_and_model(offensive: Offensi
         "sha256:"
     )
     json.dumps(fp)  # goes into the dataset's fingerprint as JSON
+
+
+def test_the_extracted_model_is_cached_and_later_setups_skip_scikit_learn(
+    offensive: OffensiveFilter, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIGHTNING_LLM_CACHE", str(tmp_path))
+    first = OffensiveFilter()
+    first.setup()
+    (cached,) = (tmp_path / "filters").glob("offensive-*.npz")
+    assert cached.name.startswith(f"offensive-{offensive.fingerprint()['alt-profanity-check']}-")
+    assert not list((tmp_path / "filters").glob(".*.tmp"))
+    texts = OFFENSIVE[:3] + CLEAN[:3] + ["ÉCOLE naïve café: The AND of it"]
+    expected = [float(p) for p in offensive._predict(texts)]
+    assert [float(p) for p in first._predict(texts)] == expected
+    code = (
+        "import json, sys; from lightning_llm.data.offensive import OffensiveFilter; f = OffensiveFilter(); "
+        f"f.setup(); print(json.dumps(['sklearn' in sys.modules, 'joblib' in sys.modules, "
+        f"[float(p) for p in f._predict({texts!r})]]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == [False, False, expected]
+    assert "rebuilding" not in out.stderr
+
+
+def test_a_corrupt_cache_is_rebuilt(
+    offensive: OffensiveFilter, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("LIGHTNING_LLM_CACHE", str(tmp_path))
+    OffensiveFilter().setup()
+    (cached,) = (tmp_path / "filters").glob("offensive-*.npz")
+    good = cached.read_bytes()
+    for corrupt in (good[: len(good) // 2], b"not a zip file"):
+        cached.write_bytes(corrupt)
+        capsys.readouterr()
+        flt = OffensiveFilter()
+        flt.setup()
+        assert "rebuilding the cached model" in capsys.readouterr().err
+        assert isinstance(flt._predict, _LinearScorer)
+        assert [flt.score(t) for t in OFFENSIVE + CLEAN] == [offensive.score(t) for t in OFFENSIVE + CLEAN]
+        assert cached.read_bytes() == good  # rewritten whole
+    flt = OffensiveFilter()
+    flt.setup()
+    assert "rebuilding" not in capsys.readouterr().err
