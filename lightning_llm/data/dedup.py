@@ -25,6 +25,15 @@ _GOLDEN, _FNV_PRIME, _MIX = (
 )
 
 
+def _fmix32(h: np.ndarray) -> np.ndarray:
+    """murmur3's 32-bit finaliser (a bijection that spreads every input bit), on a uint32 array."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
 def normalized_key(text: str) -> bytes:
     """A 128-bit digest of ``text`` with whitespace collapsed and case folded."""
     return hashlib.blake2b(" ".join(text.split()).casefold().encode(), digest_size=16).digest()
@@ -104,14 +113,22 @@ class NearDedup:
         return hashes[np.concatenate(([True], hashes[1:] != hashes[:-1]))]  # distinct (np.unique is slower)
 
     def signature(self, text: str) -> MinHash:
-        """The MinHash of :meth:`shingles`."""
-        minhash = MinHash(
-            self.num_perm, self.seed, hashfunc=int, permutations=self._permutations, scheme=self._scheme
-        )
+        """The MinHash of :meth:`shingles`, as ``MinHash.update_batch`` computes it, without its Python loop.
+
+        datasketch's ``affine32`` scheme: each 32-bit value goes through murmur3's 32-bit finaliser, then
+        the permutations ``a * h + b`` (mod 2**32); the signature is the minimum per permutation. Done
+        here on the numpy array of shingle hashes (``update_batch`` converts each value in Python first);
+        ``tests/data/test_dedup.py`` checks the result equals ``update_batch``'s.
+        """
+        a, b = self._permutations
+        values = np.full(self.num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
         shingles = self.shingles(text)
         for i in range(0, len(shingles), self._BATCH):
-            minhash.update_batch(shingles[i : i + self._BATCH])
-        return minhash
+            h = _fmix32(shingles[i : i + self._BATCH]).reshape(-1, 1)
+            values = np.minimum(values, (h * a + b).min(axis=0))
+        return MinHash(
+            self.num_perm, self.seed, permutations=self._permutations, scheme=self._scheme, hashvalues=values
+        )
 
     def precompute(self, text: str) -> MinHash:
         """The stateless part (run in a worker process by the pipeline): the document's signature."""

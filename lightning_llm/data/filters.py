@@ -14,7 +14,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -41,8 +41,21 @@ def num_chars(text: str) -> float:
     return float(len(text))
 
 
+# A document goes through several metrics in a row: each split is made once per text (a str caches its hash,
+# so the lookup of the same object is cheap) and shared.
+@lru_cache(maxsize=2)
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+@lru_cache(maxsize=2)
+def _lower_words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+@lru_cache(maxsize=2)
 def _non_space(text: str) -> int:
-    return sum(map(len, text.split()))
+    return sum(map(len, _words(text)))
 
 
 def alpha_ratio(text: str) -> float:
@@ -94,7 +107,7 @@ def ngram_repetition_ratio(text: str, n: int = 10) -> float:
     Words become exact integer ids; each n-gram is a 64-bit polynomial hash of its ids (numpy), so a book
     costs one pass of C loops rather than a Python tuple per n-gram; a false repeat needs a 64-bit collision.
     """
-    words = text.lower().split()
+    words = _lower_words(text)
     count = len(words) - n + 1
     if count <= 0:
         return 0.0
@@ -110,7 +123,7 @@ def ngram_repetition_ratio(text: str, n: int = 10) -> float:
 
 def stopword_ratio(text: str) -> float:
     """Whitespace tokens that are English stop words (case and edge punctuation ignored) / all tokens."""
-    tokens = Counter(text.lower().split())  # each distinct token is checked once
+    tokens = Counter(_lower_words(text))  # each distinct token is checked once
     total = sum(tokens.values())
     if not total:
         return 0.0
@@ -119,7 +132,7 @@ def stopword_ratio(text: str) -> float:
 
 def chars_per_token(text: str) -> float:
     """Mean length of a whitespace-separated token; 0 for a blank text."""
-    tokens = text.split()
+    tokens = _words(text)
     return sum(map(len, tokens)) / len(tokens) if tokens else 0.0
 
 

@@ -21,10 +21,9 @@ def write_histograms(steps: list[dict[str, Any]], directory: Path, names: list[s
     if not rows:
         return {}
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display: files only
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import (
+            Figure,
+        )  # no pyplot: no global state, no display, safe off the main thread
     except ImportError:
         print("Score histograms: matplotlib is not installed, so no PNG is written (the counts are in "
               "report.json); pip install matplotlib for the plots.")  # fmt: skip
@@ -35,7 +34,8 @@ def write_histograms(steps: list[dict[str, Any]], directory: Path, names: list[s
         lo, hi = row["histogram"]["range"]
         counts = row["histogram"]["counts"]
         width = (hi - lo) / len(counts)
-        fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+        fig = Figure(figsize=(6, 3.2), dpi=100)
+        ax = fig.subplots()
         ax.bar(
             [lo + (i + 0.5) * width for i in range(len(counts))], counts, width=width * 0.9, color="#4c72b0"
         )
@@ -52,6 +52,5 @@ def write_histograms(steps: list[dict[str, Any]], directory: Path, names: list[s
         fig.tight_layout()
         name = f"{row['name']}_scores.png"
         fig.savefig(directory / name)
-        plt.close(fig)
         written[row["name"]] = f"{directory.name}/{name}"
     return written

@@ -21,7 +21,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -213,7 +213,7 @@ def _read_and_split(
     # litdata (and torch, ~3 s to import) and matplotlib are needed only after cleaning: import them while the
     # workers clean, once they are forked (forking while another thread imports could leave a child's import
     # locks held)
-    importer = threading.Thread(target=_import_later, daemon=True)
+    importer = threading.Thread(target=_import_later, args=(bool(cfg.clean.filters),), daemon=True)
     pipeline = build_pipeline(cfg.clean, cfg.num_workers, FilterContext(out), on_forked=importer.start)
     writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes, seed=cfg.seed) for s in SPLITS}
     read = {"documents": 0, "bytes": 0}
@@ -237,12 +237,33 @@ def _read_and_split(
     return read, pipeline, writers
 
 
-def _import_later() -> None:
-    importlib.import_module("litdata")
-    import matplotlib
+def _in_background(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """Start ``fn(*args)`` in a thread; the returned function waits for it and returns (or raises) its result."""
+    result: list[Any] = []
 
-    matplotlib.use("Agg")  # files only, as write_histograms draws them
-    importlib.import_module("matplotlib.pyplot")
+    def run() -> None:
+        try:
+            result.append((True, fn(*args)))
+        except BaseException as err:  # handed to the caller's thread
+            result.append((False, err))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def wait() -> Any:
+        thread.join()
+        ok, value = result[0]
+        if not ok:
+            raise value
+        return value
+
+    return wait
+
+
+def _import_later(plots: bool) -> None:
+    importlib.import_module("litdata")
+    if plots:
+        importlib.import_module("matplotlib.figure")  # write_histograms draws with it
 
 
 def _ensure_both_splits(writers: dict[str, ShardWriter], val_fraction: float) -> None:
@@ -339,13 +360,15 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
         "bytes_read": read["bytes"],
         "clean": pipeline.report(),
     }
-    report["score_plots"] = write_histograms(
-        report["clean"], staging / FILTERS_DIR, [f.name for f in cfg.clean.filters]
+    # the score plots are drawn while the tokenizer trains (matplotlib's Figure API: no pyplot state)
+    plots = _in_background(
+        write_histograms, report["clean"], staging / FILTERS_DIR, [f.name for f in cfg.clean.filters]
     )
     report["duplicates_removed"] = sum(s["docs_removed"] for s in report["clean"] if "dedup" in s["name"])
     report["documents_kept"] = writers["train"].documents + writers["val"].documents
     report["bytes_kept"] = writers["train"].bytes + writers["val"].bytes
     if report["documents_kept"] == 0:
+        plots()
         _clear(out)
         atomic_write_text(out / REPORT, json.dumps(report, indent=2))
         raise PrepareError(
@@ -366,6 +389,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
         splits[split] = {"documents": w.documents, "bytes": w.bytes, "tokens": tokens_in(staging / split)}
         check_written(staging, split, w.documents, tok.vocab_size)
     n_tokens = sum(s["tokens"] for s in splits.values())
+    report["score_plots"] = plots()
     timings["total_s"] = time.perf_counter() - t_start
     tok_info = {
         "name": tok.name,

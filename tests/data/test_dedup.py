@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 
+import numpy as np
 import pytest
 
 from lightning_llm.data.clean import CleanConfig, build_pipeline
@@ -87,3 +88,21 @@ def test_dedup_on_classics_removes_only_miltons_duplicate_files(classics_docs: l
         "exact_dedup": 7,
         "near_dedup": 0,
     }
+
+
+def test_signature_equals_datasketch_update_batch():
+    """NearDedup computes datasketch's affine32 MinHash itself (no per-value Python loop): same values."""
+    import random
+
+    from datasketch import MinHash
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(3000)]
+    for n_words in (1, 7, 5000, 20_000):  # one shingle, a few, more than one batch of 4096
+        text = " ".join(rng.choice(words) for _ in range(n_words))
+        nd = NearDedup(num_perm=64, seed=3)
+        ref = MinHash(64, 3, hashfunc=int, permutations=nd._permutations, scheme=nd._scheme)
+        shingles = nd.shingles(text)
+        for i in range(0, len(shingles), 1000):
+            ref.update_batch(shingles[i : i + 1000])
+        assert np.array_equal(nd.signature(text).hashvalues, ref.hashvalues)
