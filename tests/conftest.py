@@ -146,3 +146,13 @@ def in_process(
     monkeypatch.chdir(tmp_path)
     with isolated_process_state():
         yield lambda command, *args: run_command(capsys, command, *args, logs=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _allocator_left_alone():
+    """Fail the module that switched this process's allocator to 'cache' (it cannot be undone, so every
+    later in-process fit would fail); in-process CLI runs belong in ``cli_runner.isolated_process_state``."""
+    yield
+    from lightning_llm import allocator
+
+    assert allocator._applied != "cache", "this module left the test process's allocator in 'cache' mode"

@@ -41,6 +41,8 @@ def test_makefile_targets_exist():
 )
 def test_readme_cli_command_parses(line, capsys, monkeypatch):
     """In-process (one import of Lightning for all of them, instead of ~15 s of start-up per command)."""
+    from cli_runner import isolated_process_state
+
     from lightning_llm.cli import main
 
     args = shlex.split(line)[1:]
@@ -62,12 +64,12 @@ def test_readme_cli_command_parses(line, capsys, monkeypatch):
     )
     check = "--print_config" if args[0] in parsed_in_full else "--help"
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr("lightning_llm.cli.train._configure_allocator", lambda: None)  # process-wide state
-    try:
-        main([*args, check])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
+    with isolated_process_state():  # fit/sft/dpo would switch this process's allocator for good
+        try:
+            main([*args, check])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
     assert code in (0, None), f"{line}: {code}\n{capsys.readouterr().err[-3000:]}"
 
 

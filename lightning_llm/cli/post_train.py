@@ -15,7 +15,8 @@ The first argument may be ``fit`` (the default), ``validate`` or ``test``::
 
 from __future__ import annotations
 
-from lightning_llm.cli.train import _configure_allocator, _lightning_cli
+from lightning_llm.cli import train
+from lightning_llm.cli.train import _lightning_cli
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -30,7 +31,7 @@ def sft_main(argv: list[str]) -> None:
     from lightning_llm.data.chat_datamodule import ChatDataModule
     from lightning_llm.module import LitGPT
 
-    _configure_allocator()
+    train._configure_allocator()  # through the module: one switch (e.g. a test's) for every command
     _lightning_cli(_with_subcommand(argv), LitGPT, ChatDataModule)
 
 
@@ -39,5 +40,5 @@ def dpo_main(argv: list[str]) -> None:
     from lightning_llm.data.chat_datamodule import PreferenceDataModule
     from lightning_llm.dpo import LitDPO
 
-    _configure_allocator()
+    train._configure_allocator()  # through the module: one switch (e.g. a test's) for every command
     _lightning_cli(_with_subcommand(argv), LitDPO, PreferenceDataModule)

@@ -34,7 +34,9 @@ TINY = [
 
 
 def cli(*args: str, cwd: Path, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "training"), "PYTHONUNBUFFERED": "1"}
+    # the callbacks the presets name live in tests/training; that module imports tests/cli_runner
+    path = os.pathsep.join(str(ROOT / "tests" / d) for d in ("training", ""))
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_llm", *args],
         cwd=cwd,
