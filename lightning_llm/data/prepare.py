@@ -16,12 +16,11 @@ staging and leaves the directory as it found it.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lightning_llm.data.background import import_for_later_steps, in_background
 from lightning_llm.data.clean import CleanConfig, build_pipeline
 from lightning_llm.data.documents import Document
 from lightning_llm.data.errors import ConfigError, DatasetDamaged, PrepareError
@@ -213,7 +213,7 @@ def _read_and_split(
     # litdata (and torch, ~3 s to import) and matplotlib are needed only after cleaning: import them while the
     # workers clean, once they are forked (forking while another thread imports could leave a child's import
     # locks held)
-    importer = threading.Thread(target=_import_later, args=(bool(cfg.clean.filters),), daemon=True)
+    importer = threading.Thread(target=import_for_later_steps, args=(bool(cfg.clean.filters),), daemon=True)
     pipeline = build_pipeline(cfg.clean, cfg.num_workers, FilterContext(out), on_forked=importer.start)
     writers = {s: ShardWriter(staging, s, cfg.staging_shard_bytes, seed=cfg.seed) for s in SPLITS}
     read = {"documents": 0, "bytes": 0}
@@ -235,35 +235,6 @@ def _read_and_split(
     for w in writers.values():
         w.close()
     return read, pipeline, writers
-
-
-def _in_background(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """Start ``fn(*args)`` in a thread; the returned function waits for it and returns (or raises) its result."""
-    result: list[Any] = []
-
-    def run() -> None:
-        try:
-            result.append((True, fn(*args)))
-        except BaseException as err:  # handed to the caller's thread
-            result.append((False, err))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def wait() -> Any:
-        thread.join()
-        ok, value = result[0]
-        if not ok:
-            raise value
-        return value
-
-    return wait
-
-
-def _import_later(plots: bool) -> None:
-    importlib.import_module("litdata")
-    if plots:
-        importlib.import_module("matplotlib.figure")  # write_histograms draws with it
 
 
 def _ensure_both_splits(writers: dict[str, ShardWriter], val_fraction: float) -> None:
@@ -361,7 +332,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Any, out: Path, staging: Path) -
         "clean": pipeline.report(),
     }
     # the score plots are drawn while the tokenizer trains (matplotlib's Figure API: no pyplot state)
-    plots = _in_background(
+    plots = in_background(
         write_histograms, report["clean"], staging / FILTERS_DIR, [f.name for f in cfg.clean.filters]
     )
     report["duplicates_removed"] = sum(s["docs_removed"] for s in report["clean"] if "dedup" in s["name"])
