@@ -21,6 +21,7 @@ version), so a changed model is never silently reused with an old dataset.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,16 @@ class DocumentFilter:
 
     def __call__(self, doc: Document) -> Document | None:
         return doc if self.keeps(self.score(doc.text)) else None
+
+
+def evenly_spaced(items: Sequence[str], k: int) -> list[str]:
+    """At most ``k`` of ``items``, evenly spaced from the first to the last (all of them if ``k`` suffices)."""
+    n = len(items)
+    if n <= k:
+        return list(items)
+    if k == 1:
+        return [items[n // 2]]
+    return [items[(i * (n - 1)) // (k - 1)] for i in range(k)]
 
 
 @dataclass

@@ -35,7 +35,13 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
-from lightning_llm.data.filtering import INSTALL_HINT, DocumentFilter, FilterContext, FilterError
+from lightning_llm.data.filtering import (
+    INSTALL_HINT,
+    DocumentFilter,
+    FilterContext,
+    FilterError,
+    evenly_spaced,
+)
 from lightning_llm.data.offensive_model import (
     LIBRARY,
     MODEL_FILES,
@@ -61,13 +67,6 @@ def _chunk_pattern(min_chars: int, max_chars: int) -> re.Pattern[str]:
     )
 
 
-def _evenly(items: list[str], count: int) -> list[str]:
-    """``count`` items spread evenly over ``items`` (all of them if there are no more than ``count``)."""
-    if len(items) <= count:
-        return items
-    return [items[i * len(items) // count] for i in range(count)]
-
-
 def cut_chunks(text: str, *, min_chars: int = 30, max_chars: int = 400, max_chunks: int = 128) -> list[str]:
     """The chunks a document is scored on: at most ``max_chunks``, each at most ``max_chars`` long.
 
@@ -78,7 +77,7 @@ def cut_chunks(text: str, *, min_chars: int = 30, max_chars: int = 400, max_chun
     """
     pattern = _chunk_pattern(min_chars, max_chars)
     if len(text) <= max_chunks * min_chars:
-        return _evenly(pattern.findall(text), max_chunks)
+        return evenly_spaced(pattern.findall(text), max_chunks)
     chunks: list[str] = []
     end = 0
     for i in range(max_chunks):

@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lightning_llm.data.filtering import evenly_spaced
+
+__all__ = ["FEATURIZER", "TOKEN_PATTERN", "Featurizer", "evenly_spaced", "split_passages"]
+
 FEATURIZER = "crc32-v1"
 # words (any script) and single punctuation marks / symbols, so markup and garbled text have features too
 TOKEN_PATTERN = r"(?u)\b\w+\b|[^\w\s]"
@@ -47,16 +51,6 @@ def split_passages(text: str, passage_chars: int) -> list[str]:
         else:
             passages.append(piece)
     return passages
-
-
-def evenly_spaced(items: Sequence[str], k: int) -> list[str]:
-    """At most ``k`` of ``items``, evenly spaced from the first to the last (all of them if ``k`` suffices)."""
-    n = len(items)
-    if n <= k:
-        return list(items)
-    if k == 1:
-        return [items[n // 2]]
-    return [items[(i * (n - 1)) // (k - 1)] for i in range(k)]
 
 
 @dataclass
