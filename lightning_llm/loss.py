@@ -19,12 +19,21 @@ path's. The row sizes are chosen per device (``plan_for``): cache-sized on a CPU
 GPU, where nothing in the loss reads a value back to the host (no synchronisation).
 This is the approach of e.g. Liger-Kernel's fused linear cross-entropy and Apple's "Cut Your Losses".
 
+Logit soft-capping (``softcap=c``; Gemma 2, modded-nanogpt) trains on ``y = c * tanh(z / c)`` instead of
+``z``: the logits stay within (-c, c). In the chunk loop the GEMM writes ``z / c`` (its ``alpha``, free),
+each slice takes ``t = tanh(z / c)`` in fp32 and the capped logits ``c * t`` (rounded to the compute dtype,
+as ``softcap_logits`` rounds the model's logits) go through the same softmax; the logit gradient follows the
+chain rule, ``(softmax(y) - onehot) * (1 - t^2)``, in fp32 and written back into ``z`` in the same pass that
+used to copy it there. That is three more elementwise passes per slice (copy, tanh, mul) and one more fp32
+scratch of the slice's size; ``softcap=None`` runs exactly the uncapped code.
+
 Under ``torch.autocast`` the compute dtype is the autocast dtype, exactly as ``nn.Linear`` would use;
 otherwise it is ``hidden``'s dtype. The softmax and the loss are always computed in fp32.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -61,11 +70,17 @@ eager step peaks 7 GiB above its body). Measured on an H100 with the previous co
 step within 2% of one chunk of all rows (55.8 vs 54.8 ms) at 9.5 instead of 15.3 GiB."""
 
 
-def plan_for(device_type: str, n_rows: int, vocab: int, compute_dtype: torch.dtype) -> HeadPlan:
-    """The row plan for ``device_type``: cache-sized on CPU, memory-sized (few large kernels) elsewhere."""
+def plan_for(
+    device_type: str, n_rows: int, vocab: int, compute_dtype: torch.dtype, fp32_buffers: int = 1
+) -> HeadPlan:
+    """The row plan for ``device_type``: cache-sized on CPU, memory-sized (few large kernels) elsewhere.
+
+    ``fp32_buffers``: fp32 (rows, V) scratch buffers a chunk uses besides its logits: 1 for the
+    log-softmax, 2 with soft-capping (the tanh kept for the chain rule); the GPU chunk shrinks to match.
+    """
     if device_type == "cpu":
         return CPU_PLAN
-    row_bytes = vocab * (torch.finfo(compute_dtype).bits // 8 + 4)
+    row_bytes = vocab * (torch.finfo(compute_dtype).bits // 8 + 4 * fp32_buffers)
     rows = max(256, GPU_CHUNK_BYTES // row_bytes // 256 * 256)  # a multiple of 256 keeps the GEMMs tiled
     return HeadPlan(chunk_rows=min(rows, max(n_rows, 1)), slice_rows=None, accumulate_rows=None)
 
@@ -77,13 +92,52 @@ def _compute_dtype(hidden: Tensor) -> torch.dtype:
     return hidden.dtype
 
 
-def _softmax_grad_(z: Tensor, safe_t: Tensor, logp: Tensor, minus_one: Tensor) -> Tensor:
+def _check_softcap(cap: float | None) -> None:
+    if cap is not None and not 0 < cap < math.inf:
+        raise ValueError(
+            f"softcap must be a positive finite number (the logits are capped to (-softcap, softcap); "
+            f"Gemma 2 uses 30, modded-nanogpt 15) or None for no capping, got {cap!r}"
+        )
+
+
+def softcap_logits(logits: Tensor, cap: float | None) -> Tensor:
+    """``cap * tanh(logits / cap)``: logits squashed into (-cap, cap); ``cap=None`` returns ``logits``.
+
+    Computed in fp32 and rounded back to ``logits``' dtype once, as ``linear_cross_entropy(...,
+    softcap=cap)`` rounds its capped logits to the compute dtype before its fp32 softmax: evaluation and
+    generation on the logits see what the fused loss trained on, to within that rounding. Differentiable.
+    """
+    if cap is None:
+        return logits
+    _check_softcap(cap)
+    return (torch.tanh(logits.float() / cap) * cap).to(logits.dtype)
+
+
+def _softcap_(u: Tensor, cap: float, tanh: Tensor) -> Tensor:
+    """In place ``u <- cap * tanh(u)`` for ``u = z / cap`` (n, V); returns ``tanh(u)`` (n, V) in fp32.
+
+    ``tanh``: a reusable fp32 scratch of shape (>= n, V); its first n rows are returned, kept for the
+    chain rule (``1 - tanh^2``) after the softmax. The capped logits are rounded to ``u``'s dtype once.
+    """
+    t = tanh[: u.shape[0]]
+    t.copy_(u)  # fp32
+    t.tanh_()
+    torch.mul(t, cap, out=u)  # computed in fp32, rounded to the compute dtype
+    return t
+
+
+def _softmax_grad_(
+    z: Tensor, safe_t: Tensor, logp: Tensor, minus_one: Tensor, tanh: Tensor | None = None
+) -> Tensor:
     """Per-row NLL of logits ``z`` (n, V) and, in place, ``z <- softmax(z) - onehot(safe_t)``.
 
     ``safe_t`` (n, 1) holds valid class ids only (ignored rows are masked by the caller, on the much
     smaller hidden states). The softmax runs in fp32 whatever ``z``'s dtype, in ``logp``: a reusable fp32
     scratch of shape (>= n, V), so the slices of one call allocate nothing. The result is rounded to
     ``z``'s dtype once, at the end. No value is read back to the host: no synchronisation on a GPU.
+
+    With ``tanh`` (n, V) fp32, ``z`` holds soft-capped logits ``c * tanh``; the gradient is taken with
+    respect to the logits before capping: ``(softmax(z) - onehot) * (1 - tanh^2)``, in fp32.
     """
     n = z.shape[0]
     logp = logp[:n]
@@ -91,7 +145,10 @@ def _softmax_grad_(z: Tensor, safe_t: Tensor, logp: Tensor, minus_one: Tensor) -
     nll = -logp.gather(1, safe_t).squeeze(1)  # (n,)
     probs = logp.exp_()  # softmax, in place
     probs.scatter_add_(1, safe_t, minus_one[:n])  # minus_one: (>= n, 1) fp32 filled with -1
-    z.copy_(probs)
+    if tanh is None:
+        z.copy_(probs)
+    else:  # chain rule through c * tanh(z / c): autograd's own fused kernel, fp32 in, written into z
+        torch.ops.aten.tanh_backward.grad_input(probs, tanh, grad_input=z)
     return nll
 
 
@@ -122,6 +179,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         plan: HeadPlan,
         ignore_index: int,
         compute_dtype: torch.dtype,
+        softcap: float | None,
     ) -> Tensor:
         n_rows, vocab = hidden.shape[0], weight.shape[0]
         h = hidden.to(compute_dtype)  # (N, C)
@@ -147,6 +205,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         z_buf = torch.empty(rows, vocab, dtype=compute_dtype, device=hidden.device)
         logp = torch.empty(sub, vocab, dtype=torch.float32, device=hidden.device)
         minus_one = torch.full((sub, 1), -1.0, dtype=torch.float32, device=hidden.device)
+        tanh_buf = (
+            None if softcap is None else torch.empty(sub, vocab, dtype=torch.float32, device=hidden.device)
+        )
         partial = (
             torch.empty(weight.shape, dtype=compute_dtype, device=weight.device)
             if need_dw and compute_dtype != torch.float32
@@ -157,10 +218,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             end = min(start + rows, n_rows)
             h_i = h[start:end]  # (n, C)
             z = z_buf[: end - start]  # (n, V): the logits, then in place the logit gradient
-            torch.mm(h_i, w.T, out=z)  # in the compute dtype (fp32 accumulation inside the matmul)
+            if softcap is None:
+                torch.mm(h_i, w.T, out=z)  # in the compute dtype (fp32 accumulation inside the matmul)
+            else:  # z / c straight out of the GEMM (its alpha); beta=0: z's old contents are not read
+                torch.addmm(z, h_i, w.T, beta=0.0, alpha=1.0 / softcap, out=z)
             for s in range(0, end - start, sub):  # CPU: cache-sized slices; GPU: one pass
                 a, e = start + s, min(start + s + sub, end)
-                nll[a:e] = _softmax_grad_(z[s : s + sub], safe_targets[a:e], logp, minus_one)
+                z_s = z[s : s + sub]
+                t = None if tanh_buf is None else _softcap_(z_s, softcap, tanh_buf)  # type: ignore[arg-type]
+                nll[a:e] = _softmax_grad_(z_s, safe_targets[a:e], logp, minus_one, t)
             if grad_h is not None:
                 torch.mm(z, w, out=grad_h[start:end])  # (n, C)
                 grad_h[start:end] *= keep[start:end]
@@ -194,7 +260,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # an allocation (fresh pages from the OS for anything this large) plus a full pass over it
         dh = None if grad_h is None else grad_h.mul_(factor.to(grad_h.dtype)).to(ctx.hidden_dtype)
         dw = None if grad_w is None else grad_w.mul_(factor).to(ctx.weight_dtype)
-        return dh, dw, None, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -204,6 +270,7 @@ def linear_cross_entropy(
     *,
     chunk_size: int | None = None,
     ignore_index: int = -100,
+    softcap: float | None = None,
 ) -> Tensor:
     """Mean cross-entropy of ``hidden @ weight.T`` against ``targets``, never materialising all logits.
 
@@ -216,6 +283,9 @@ def linear_cross_entropy(
             slices on CPU, about 2 GiB of scratch on a GPU). Peak extra memory is about
             ``chunk_size * V * 6`` bytes in bf16.
         ignore_index: target value to ignore.
+        softcap: cap ``c`` of the logits: the loss is the cross-entropy of ``c * tanh(z / c)``, equal to
+            ``F.cross_entropy(softcap_logits(hidden @ weight.T, c), targets)``, gradients included.
+            None (default): no capping, and none of its work.
 
     Returns:
         A scalar fp32 tensor: the mean loss over non-ignored rows (0 if all are ignored).
@@ -235,9 +305,11 @@ def linear_cross_entropy(
         )
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    _check_softcap(softcap)
     compute_dtype = _compute_dtype(hidden)
-    plan = plan_for(hidden.device.type, hidden.shape[0], weight.shape[0], compute_dtype)
+    buffers = 1 if softcap is None else 2
+    plan = plan_for(hidden.device.type, hidden.shape[0], weight.shape[0], compute_dtype, buffers)
     if chunk_size is not None:
         plan = replace(plan, chunk_rows=chunk_size)
     with torch.autocast(hidden.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, plan, ignore_index, compute_dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, targets, plan, ignore_index, compute_dtype, softcap)

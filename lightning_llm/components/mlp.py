@@ -130,3 +130,42 @@ class SwiGLU(FeedForward):
 
     def residual_projections(self) -> list[nn.Linear]:
         return [self.proj]
+
+
+@MLP.register("relu2")
+class ReluSquared(FeedForward):
+    """Primer / modded-nanogpt: proj(relu(fc(x))^2) (So et al., 2021, "Primer: Searching for Efficient
+    Transformers for Language Modeling"): GPT-2's MLP with the GELU replaced by a squared ReLU.
+
+    ``zero_init_proj``: start the output projection at zero, as modded-nanogpt does, so every block's MLP
+    begins as the identity on the residual stream (its weight still gets a gradient on the first step).
+    """
+
+    description = "Linear-ReLU²-Linear (Primer, modded-nanogpt)"
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        *,
+        bias: bool = False,
+        dropout: float = 0.0,
+        zero_init_proj: bool = False,
+    ) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden_dim, bias=bias)
+        self.proj = nn.Linear(hidden_dim, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+        self.zero_init_proj = zero_init_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.relu(self.fc(x)).square()))
+
+    def residual_projections(self) -> list[nn.Linear]:
+        return [self.proj]
+
+    def reset_parameters(self, std: float, residual_std: float) -> None:
+        """The base init (GPT-2's), then a zero output projection where ``zero_init_proj`` asks for one."""
+        super().reset_parameters(std, residual_std)
+        if self.zero_init_proj:
+            nn.init.zeros_(self.proj.weight)
