@@ -9,12 +9,14 @@ to resume. ``init_weights`` (a new run from another checkpoint's weights) is loa
 
 from __future__ import annotations
 
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_llm.chat import TEMPLATE_NAME, has_chat_tokens
+from lightning_llm.config import GPTConfig
 from lightning_llm.nonfinite import NonFiniteLossError, nonfinite_tensors
 from lightning_llm.optim import apply_optimizer_settings
 
@@ -81,6 +83,9 @@ class CheckpointHooks:
         if saved is None:
             return
         current = self.config.to_dict()
+        # a field newer than the checkpoint takes its default there (e.g. qk_norm: false), not None
+        defaults = {f.name: f.default for f in fields(GPTConfig) if f.default is not MISSING}
+        saved = {**defaults, **saved}
         diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
         if diff:
             lines = "; ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -107,8 +112,10 @@ class CheckpointHooks:
         for key in sorted(set(new) - {"config"}):
             before, after = old.get(key), new[key]
             if isinstance(before, dict) and isinstance(after, dict):
-                changes += [
-                    f"{key}.{k}: {before.get(k)!r} -> {v!r}" for k, v in after.items() if before.get(k) != v
+                changes += [  # a field newer than the checkpoint is not a change
+                    f"{key}.{k}: {before[k]!r} -> {v!r}"
+                    for k, v in after.items()
+                    if k in before and before[k] != v
                 ]
             elif key in old and before != after:
                 changes.append(f"{key}: {before!r} -> {after!r}")

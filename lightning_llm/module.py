@@ -1,4 +1,4 @@
-"""The LightningModule: next-token loss, AdamW groups, LR schedule, perplexity, NaN guard.
+"""The LightningModule: next-token loss, optimizer (AdamW or Muon + AdamW), LR schedule, perplexity, NaN guard.
 
 Batches are token windows ``(B, T + 1)`` (pretraining: every next token is a target) or
 ``{"input_ids": (B, T), "labels": (B, T)}`` (instruction tuning: labels already shifted, ``-100`` where no
@@ -8,7 +8,7 @@ loss is taken, e.g. the prompt and padding). Checkpoint hooks live in ``checkpoi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import lightning as L
@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
+from lightning_llm import optimizers
 from lightning_llm.chat import IGNORE_INDEX
 from lightning_llm.checkpoint_hooks import CheckpointHooks
 from lightning_llm.checkpointing import check_disk_space
@@ -48,7 +49,7 @@ class LitGPT(CheckpointHooks, L.LightningModule):
 
     Args:
         config: The model architecture and its components.
-        optimizer: AdamW settings.
+        optimizer: The optimizer (AdamW, or Muon with AdamW) and its settings.
         schedule: Learning-rate schedule.
         global_batch_size: Sequences per optimizer step across all devices; sets gradient accumulation
             (must be a multiple of data.batch_size x world size). None: no accumulation beyond the trainer's.
@@ -178,6 +179,7 @@ class LitGPT(CheckpointHooks, L.LightningModule):
         self.token_data = dm if isinstance(dm, TokenData) else None
         if self.token_data is not None:
             self._check_vocab(self.token_data)
+            self._link_eot_id(self.token_data)
         elif stage == "fit":
             rank_zero_info(
                 f"The datamodule ({type(dm).__name__}) has no batch_size, vocab_size and tokenizer "
@@ -196,6 +198,21 @@ class LitGPT(CheckpointHooks, L.LightningModule):
                 f"model.config.vocab_size to at least {data.vocab_size} (e.g. {pad_vocab_size(data.vocab_size)}, "
                 "padded for speed), or leave it out: the CLI links it from the dataset."
             )
+
+    def _link_eot_id(self, data: TokenData) -> None:
+        """``document_mask`` splits packed sequences at the dataset's ``<|endoftext|>``: take its id from the
+        tokenizer (before the model is built, and into the saved hyper-parameters), or refuse a different one."""
+        eot = getattr(data.tokenizer, "eot_id", None)
+        if not self.config.document_mask or eot is None or self.config.eot_id == eot:
+            return
+        if self.config.eot_id is not None:
+            raise ValueError(
+                f"model.config.eot_id={self.config.eot_id}, but the dataset's tokenizer has <|endoftext|> = {eot}: "
+                "document_mask would split documents at the wrong token. Leave model.config.eot_id out (it is "
+                "taken from the dataset) or set it to the dataset's id."
+            )
+        self.config = replace(self.config, eot_id=eot)
+        self.hparams["config"] = self.config.to_dict()
 
     def _set_accumulation(self) -> None:
         target = self.global_batch_size
@@ -371,21 +388,9 @@ class LitGPT(CheckpointHooks, L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: decay on weight matrices; none on norms, biases and embeddings (incl. tied head)."""
-        no_decay_ids = set()
-        for module in self.model.modules():  # type: ignore[union-attr]
-            if isinstance(module, nn.Embedding):
-                no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-        decay, no_decay, seen = [], [], set()
-        for _, p in self.model.named_parameters():  # type: ignore[union-attr]
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (decay if p.ndim >= 2 and id(p) not in no_decay_ids else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": self.optim_cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        """The groups of model.optimizer: AdamW decay (weight matrices), no-decay (norms, biases, embeddings,
+        a tied head), and with Muon its group (the blocks' 2-D weights); see ``optimizers.param_groups``."""
+        return optimizers.param_groups(self.model, self.optim_cfg)  # type: ignore[arg-type]
 
     def _clips_itself(self) -> bool:
         """Whether ``configure_gradient_clipping`` clips here instead of Lightning's precision plugin.
@@ -434,6 +439,7 @@ class LitGPT(CheckpointHooks, L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
+        optimizers.check_strategy(cfg, self.trainer.strategy, self.tensor_parallel)
         fused = cfg.fused
         if fused is None:
             # fused AdamW: one kernel per parameter group on GPU; only where the clipping can be done here
@@ -445,18 +451,7 @@ class LitGPT(CheckpointHooks, L.LightningModule):
                     "AdamW: foreach implementation (fused would conflict with gradient clipping under "
                     f"{self.trainer.precision} precision on {type(self.trainer.strategy).__name__})"
                 )
-        kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
-        try:
-            opt = torch.optim.AdamW(self.param_groups(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kwargs)
-        except RuntimeError as err:
-            # only torch's own refusal of the fused kernel (a device or parameter type it does not cover)
-            # falls back, and says so; a fused=true the user asked for, or any other error, is raised
-            if cfg.fused or "fused" not in str(err).lower():
-                raise
-            rank_zero_warn(f"AdamW: fused kernel unavailable here ({err}); using the foreach implementation")
-            opt = torch.optim.AdamW(
-                self.param_groups(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, foreach=True
-            )
+        opt = optimizers.build_optimizer(self.param_groups(), cfg, fused=fused)
         total = self.sched_cfg.max_steps or int(self.trainer.estimated_stepping_batches)
         if self.sched_cfg.warmup_steps >= total:
             rank_zero_warn(
