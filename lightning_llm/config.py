@@ -36,6 +36,11 @@ VOCAB_MULTIPLE = 64
 50304), and the extra rows are never a target."""
 
 
+RECIPE_OPTIONS = ("qk_norm", "logit_softcap", "sliding_window", "document_mask")
+"""``GPTConfig`` options that are not components: ``lightning-llm plugins`` lists them with their docstrings,
+and the README's table names each (``tests/test_readme.py``)."""
+
+
 def pad_vocab_size(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
     """The model vocabulary for a tokenizer of ``n`` ids: ``n`` rounded up to ``multiple``."""
     return -(-n // multiple) * multiple
@@ -79,7 +84,22 @@ class GPTConfig:
     norm: Component = "layernorm"
     """Normalisation layer: layernorm or rmsnorm."""
     mlp: Component = "gelu"
-    """Feed-forward block: gelu (GPT-2) or swiglu (Llama)."""
+    """Feed-forward block: gelu (GPT-2), swiglu (Llama) or relu2 (Primer, modded-nanogpt)."""
+    qk_norm: bool = False
+    """RMS-normalise each head's queries and keys before the positional rotation (OLMo 2, Gemma 3,
+    modded-nanogpt): keeps attention logits bounded, so higher learning rates stay stable."""
+    logit_softcap: float | None = None
+    """Soft-cap the output logits to (-c, c) as ``c * tanh(z / c)`` (Gemma 2: 30, modded-nanogpt: 15),
+    in training, evaluation and generation alike. None: no cap."""
+    sliding_window: int | None = None
+    """Each token attends to itself and the ``sliding_window - 1`` tokens before it (Mistral); the KV cache
+    keeps only that many positions. Needs a kernel that declares window support. None: full causal."""
+    document_mask: bool = False
+    """Packed sequences: attention does not cross documents and positions restart at each ``eot_id``
+    (``<|endoftext|>`` starts a new document, as a BOS token would). Needs a kernel that can mask."""
+    eot_id: int | None = None
+    """Id of ``<|endoftext|>``, the document separator ``document_mask`` uses; the CLI fills it in from the
+    dataset's tokenizer."""
 
     def __post_init__(self) -> None:
         for kind in ("attention", "positional", "norm", "mlp"):
@@ -113,6 +133,18 @@ class GPTConfig:
             raise ValueError(
                 f"GPTConfig: n_kv_head={self.n_kv_head} does not divide n_head={self.n_head}. "
                 f"Valid n_kv_head values: {options}."
+            )
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(
+                f"GPTConfig.logit_softcap must be positive (e.g. 15.0) or null, got {self.logit_softcap}"
+            )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(
+                f"GPTConfig.sliding_window must be a positive number of tokens or null, got {self.sliding_window}"
+            )
+        if self.eot_id is not None and not 0 <= self.eot_id < self.vocab_size:
+            raise ValueError(
+                f"GPTConfig.eot_id={self.eot_id} is outside the vocabulary (0..{self.vocab_size - 1})"
             )
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import torch
@@ -58,8 +59,9 @@ def logits_chunk_rows(n_rows: int, seq_len: int, vocab: int, compute_dtype: torc
     return max(1, min(n_rows, LOGITS_CHUNK_BYTES // row_bytes))
 
 
-def _chunk_logprobs(head: nn.Module, hidden: Tensor, labels: Tensor) -> Tensor:
-    """Summed log p(label) of each row of ``hidden`` (n, T, C): logits through ``head``, softmax in fp32."""
+def _chunk_logprobs(head: Callable[[Tensor], Tensor], hidden: Tensor, labels: Tensor) -> Tensor:
+    """Summed log p(label) of each row of ``hidden`` (n, T, C): logits through ``head`` (``GPT.logits``: the
+    vocabulary head, soft-capped where the model caps), softmax in fp32."""
     logp = torch.log_softmax(head(hidden), dim=-1, dtype=torch.float32)  # (n, T, V) fp32
     keep = labels != IGNORE_INDEX  # (n, T)
     picked = logp.gather(-1, torch.where(keep, labels, 0).unsqueeze(-1)).squeeze(-1)  # (n, T)
@@ -96,19 +98,17 @@ def sequence_logprobs(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     if chunk_rows >= n_rows:
-        return _chunk_logprobs(model.lm_head, hidden, labels)
+        return _chunk_logprobs(model.logits, hidden, labels)
     recompute = torch.is_grad_enabled() and (hidden.requires_grad or model.lm_head.weight.requires_grad)
     out = []
     for start in range(0, n_rows, chunk_rows):
         h, y = hidden[start : start + chunk_rows], labels[start : start + chunk_rows]
         if recompute:  # the head has no randomness: no RNG state to save and restore
             out.append(
-                checkpoint(
-                    _chunk_logprobs, model.lm_head, h, y, use_reentrant=False, preserve_rng_state=False
-                )
+                checkpoint(_chunk_logprobs, model.logits, h, y, use_reentrant=False, preserve_rng_state=False)
             )
         else:
-            out.append(_chunk_logprobs(model.lm_head, h, y))
+            out.append(_chunk_logprobs(model.logits, h, y))
     return torch.cat(out)
 
 

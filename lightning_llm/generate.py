@@ -22,7 +22,7 @@ class CachedLM(Protocol):
 
     def hidden_states(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor: ...
 
-    def lm_head(self, x: torch.Tensor) -> torch.Tensor: ...
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def setup_kv_cache(
         self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
@@ -83,7 +83,7 @@ def sample_next(
 
 def _last_logits(model: CachedLM, idx: torch.Tensor, start: int) -> torch.Tensor:
     """Logits (B, V) of the last position only: the vocabulary head runs on one position, not T."""
-    return model.lm_head(model.hidden_states(idx, start)[:, -1])
+    return model.logits(model.hidden_states(idx, start)[:, -1])
 
 
 @torch.no_grad()

@@ -1,7 +1,8 @@
 """A decoder-only GPT whose attention kernel, positional encoding, norm and MLP are plugins.
 
-Read top to bottom: KV cache, attention, block, model. Every component is resolved from its registry
-once, in ``GPT.__init__``; ``forward`` has no string checks. The model knows nothing of parallelism:
+Read top to bottom: attention, block, build checks, model. Every component is resolved from its registry
+once, in ``GPT.__init__``; ``forward`` has no string checks. The KV cache is in ``kv_cache.py``, the
+sliding-window and document masks in ``attention_masks.py``. The model knows nothing of parallelism:
 ``parallel.py`` applies FSDP2, activation checkpointing and compile from the outside.
 """
 
@@ -11,14 +12,18 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lightning_llm.attention_masks import CausalMasking, check_masking, masking_for
 from lightning_llm.components.attention import AttentionKernel, AttentionRequest
 from lightning_llm.components.mlp import TPStyle, check_feedforward
+from lightning_llm.components.norm import RMSNorm
 from lightning_llm.components.positional import PositionalContext, PositionalEncoding
 from lightning_llm.config import ComponentSpec, GPTConfig
 from lightning_llm.generate import generate
-from lightning_llm.loss import linear_cross_entropy
+from lightning_llm.kv_cache import KVCache, cache_length
+from lightning_llm.loss import linear_cross_entropy, softcap_logits
 from lightning_llm.registry import (
     ATTENTION,
     MLP,
@@ -34,24 +39,24 @@ class IncompatibleComponentsError(ValueError):
     """The chosen components cannot work together on this device/dtype."""
 
 
-class KVCache(nn.Module):
-    """A static key/value cache: allocated once for (batch, max_len), written in place, never grown."""
+class QKNorm(RMSNorm):
+    """RMSNorm of queries or keys over ``head_dim``, its scale in the dtype of q/k (bf16 under autocast,
+    where q/k come out of a bf16 matmul: a float32 scale would keep ``rms_norm`` off its fused kernel)."""
 
-    def __init__(self, batch: int, n_kv_head: int, max_len: int, head_dim: int, device, dtype) -> None:
-        super().__init__()
-        shape = (batch, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = start + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, H_kv, end, D) views, no copy
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight.to(x.dtype), self.eps)
 
 
 class CausalSelfAttention(nn.Module):
-    """Projections, positional rotation and KV cache around a stateless attention kernel."""
+    """Projections, QK-norm, positional rotation and KV cache around a stateless attention kernel.
+
+    QK-norm (``qk_norm``) RMS-normalises each head's queries and keys over ``head_dim`` before the rotation,
+    with a learnable scale per channel shared by the heads (as Gemma 3 and Qwen 3), one for q and one for
+    k. With unit-RMS q and k the logits q . k / sqrt(D) are bounded by sqrt(D), which keeps them from
+    growing with the learning rate; the learnable scales let the model sharpen attention past that bound
+    where it needs to, which a parameter-free norm (modded-nanogpt) can only get from a hand-tuned attention
+    scale. They cost 2 * head_dim parameters per layer, start at one, and are 1-D: no weight decay.
+    """
 
     def __init__(
         self,
@@ -63,11 +68,15 @@ class CausalSelfAttention(nn.Module):
         bias: bool,
         attn_dropout: float,
         dropout: float,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, dim // n_head
         self.qkv = nn.Linear(dim, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
+        self.q_norm = QKNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.kernel = kernel
         self.attn_dropout = attn_dropout
         self.resid_dropout = nn.Dropout(dropout)
@@ -85,21 +94,28 @@ class CausalSelfAttention(nn.Module):
         q = q.reshape(B, T, -1, D).transpose(1, 2)  # (B, H, T, D), head h = kv * G + j
         k = k.squeeze(3).transpose(1, 2)  # (B, H_kv, T, D)
         v = v.squeeze(3).transpose(1, 2)  # (B, H_kv, T, D)
-        q, k = pctx.rotate(q, k)
+        q, k = pctx.rotate(self.q_norm(q), self.k_norm(k))  # QK-norm (Identity when off), then RoPE
         if self.kv_cache is not None:
-            k, v = self.kv_cache.update(start, k, v)  # (B, H_kv, start + T, D)
+            k, v = self.kv_cache.update(start, k, v)  # (B, H_kv, S, D): S = start + T, or the window's
         dropout_p = self.attn_dropout if self.training else 0.0
-        y = self.kernel(q, k, v, bias=pctx.bias, dropout_p=dropout_p, causal=True)  # (B, H, T, D)
+        if pctx.mask is None:  # plain causal attention: the kernel's own (bottom-right) causal mask
+            y = self.kernel(q, k, v, bias=pctx.bias, dropout_p=dropout_p, causal=True)  # (B, H, T, D)
+        else:  # window / documents: the mask holds causality too; only kernels declaring masks get one
+            y = self.kernel(q, k, v, bias=pctx.bias, mask=pctx.mask, dropout_p=dropout_p, causal=False)
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, H * D)
         return self.resid_dropout(self.proj(y))
 
     def reset_parameters(self, std: float, residual_std: float) -> None:
-        """N(0, std) for qkv, N(0, residual_std) for the residual projection ``proj``; zero biases."""
+        """N(0, std) for qkv, N(0, residual_std) for the residual projection ``proj``; zero biases; QK-norm
+        scales to one."""
         nn.init.normal_(self.qkv.weight, mean=0.0, std=std)
         nn.init.normal_(self.proj.weight, mean=0.0, std=residual_std)
         for lin in (self.qkv, self.proj):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
+        for norm in (self.q_norm, self.k_norm):
+            if isinstance(norm, QKNorm):
+                norm.reset_parameters()
 
     def tp_plan(self) -> dict[str, TPStyle]:
         """Megatron: qkv column-wise (whole KV groups per shard), the residual projection row-wise."""
@@ -167,6 +183,8 @@ class Block(nn.Module):
             bias=c.bias,
             attn_dropout=c.attn_dropout,
             dropout=c.dropout,
+            qk_norm=c.qk_norm,
+            norm_eps=c.norm_eps,
         )
         self.norm_2 = _build(NORM, c.norm, c.n_embd, required=("eps",), eps=c.norm_eps, bias=c.bias)
         self.mlp = _build(MLP, c.mlp, c.n_embd, c.intermediate_size, bias=c.bias, dropout=c.dropout)
@@ -205,6 +223,8 @@ def check_compatible(
         bias=pe.needs_attention_bias,
         dropout=training and config.attn_dropout > 0,
         gqa=config.n_kv_head != config.n_head,
+        window=config.sliding_window is not None,
+        document_mask=config.document_mask,
     )
     problems = kernel.unsupported(req)
     if not problems:
@@ -222,13 +242,20 @@ def check_compatible(
         why.append(f"positional '{config.positional.name}' needs an attention bias")  # type: ignore[union-attr]
     if req.dropout:
         why.append(f"attn_dropout={config.attn_dropout}")
+    if req.window:
+        why.append(f"sliding_window={config.sliding_window}")
+    if req.document_mask:
+        why.append("document_mask: true")
+    offs = [
+        *(["attn_dropout: 0.0"] if req.dropout else []),
+        *(["sliding_window: null"] if req.window else []),
+        *(["document_mask: false"] if req.document_mask else []),
+    ]
     raise IncompatibleComponentsError(
         f"Attention kernel '{name}' cannot run this model: it does not support {'; '.join(problems)}"
         + (f" (needed because {', '.join(why)})" if why else "")
         + f". Kernels that can: {', '.join(working) or 'none'}. "
-        f"Set model.config.attention to one of them"
-        + (" or set attn_dropout: 0.0" if req.dropout else "")
-        + "."
+        f"Set model.config.attention to one of them" + (f" or set {', '.join(offs)}" if offs else "") + "."
     )
 
 
@@ -254,6 +281,8 @@ class GPT(nn.Module):
         self.pe: PositionalEncoding = _build(
             POSITIONAL, c.positional, c.n_embd, c.n_head, c.head_dim, c.block_size
         )
+        check_masking(c, self.pe)
+        self.masking: CausalMasking = masking_for(c.sliding_window, c.eot_id if c.document_mask else None)
         if device_type is None:
             device_type = torch.get_default_device().type
         if device_type != "meta":
@@ -304,9 +333,9 @@ class GPT(nn.Module):
                 f"Sequence of length {start + T} is longer than the model's block_size "
                 f"{self.config.block_size}. Crop the input or train with a larger block_size."
             )
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        # positions (T,), or (B, T) restarting at each document; one context (rotation, bias, mask) for all
+        pos, pctx = self.masking(idx, start, self.pe)
         x = self.drop(self.pe.embed(self.wte(idx), pos))  # (B, T, C)
-        pctx = self.pe.context(pos, start + T)
         for block in self.blocks:
             x = block(x, pctx, start)
         return self.norm_f(x)
@@ -318,28 +347,38 @@ class GPT(nn.Module):
 
         The loss never materialises the (B*T, vocab_size) logits: ``linear_cross_entropy`` computes head,
         loss and gradients chunk by chunk (equal, within rounding, to ``F.cross_entropy`` on the logits;
-        targets equal to -100 are ignored).
+        targets equal to -100 are ignored). With ``logit_softcap`` both paths cap the logits the same way.
         """
         x = self.hidden_states(idx, start)
         if targets is None:
-            return self.lm_head(x)
-        return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
+            return self.logits(x)
+        return linear_cross_entropy(
+            x.flatten(0, 1), self.lm_head.weight, targets.flatten(), softcap=self.config.logit_softcap
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The vocabulary head on hidden states ``x`` (..., C), soft-capped when ``logit_softcap`` is set."""
+        return softcap_logits(self.lm_head(x), self.config.logit_softcap)
 
     # -- KV cache ---------------------------------------------------------------------------------
     def setup_kv_cache(
         self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None
     ) -> None:
-        """Allocate a static KV cache in every layer (used by ``generate``)."""
+        """Allocate a static KV cache in every layer (used by ``generate``): ``max_len`` positions, or the
+        last ``sliding_window`` of them at most (a ring buffer, ``kv_cache.py``)."""
         c = self.config
         ref = self.wte.weight
+        max_len = max_len or c.block_size
         for block in self.blocks:
             block.attn.kv_cache = KVCache(
-                batch, c.n_kv_head, max_len or c.block_size, c.head_dim, ref.device, dtype or ref.dtype
+                batch, c.n_kv_head, max_len, c.head_dim, ref.device, dtype or ref.dtype, c.sliding_window
             )
+        self.masking.setup_cache(batch, cache_length(max_len, c.sliding_window), ref.device)
 
     def clear_kv_cache(self) -> None:
         for block in self.blocks:
             block.attn.kv_cache = None
+        self.masking.clear_cache()
 
     def generate(
         self,

@@ -5,10 +5,17 @@ cache; a kernel only computes ``softmax(q k^T * scale + bias, causal) v``. Shape
 
     q: (B, H, T, D)    k, v: (B, H_kv, S, D) with H % H_kv == 0 (GQA), S >= T
     bias: None or additive, broadcastable to (B, H, T, S)
+    mask: None or boolean, broadcastable to (B, H, T, S): True where query i may attend key j
     returns (B, H, T, D)
 
 Causality is bottom-right aligned: query ``i`` (of ``T``) sees keys ``0 .. S - T + i``, which is what a
 KV cache needs when ``T`` new tokens attend to ``S`` cached ones.
+
+``mask`` is how the model asks for anything other than plain causal attention (a sliding window,
+documents packed in one row, a ring-buffer KV cache whose keys are not in order): it then passes a mask
+that already holds causality, with ``causal=False``. A kernel ANDs everything it is given (mask, causal,
+bias), so it needs no rule about which wins. Only kernels that declare ``window`` or ``document_mask`` are
+ever passed ``mask``: a kernel written before masks existed keeps working for the models it accepts.
 
 Each kernel declares what it can do in ``capabilities(device_type)``; the model checks the combination
 it needs once, at build time (``unsupported``), and fails with a message rather than falling back.
@@ -40,6 +47,10 @@ class AttentionCapabilities:
     """Fewer key/value heads than query heads."""
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     """Tensor dtypes it computes in."""
+    window: bool = False
+    """Sliding-window attention: takes the boolean ``mask`` keyword (a window, and a ring-buffer KV cache)."""
+    document_mask: bool = False
+    """Attention within documents only: takes a per-row boolean ``mask`` of shape (B, 1, T, S)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,8 @@ class AttentionRequest:
     bias: bool = False
     dropout: bool = False
     gqa: bool = False
+    window: bool = False
+    document_mask: bool = False
 
 
 class AttentionKernel:
@@ -79,6 +92,10 @@ class AttentionKernel:
             problems.append(f"attention dropout on {req.device_type}")
         if req.gqa and not caps.gqa:
             problems.append("grouped-query attention (n_kv_head < n_head)")
+        if req.window and not caps.window:
+            problems.append(f"a sliding-window mask on {req.device_type}")
+        if req.document_mask and not caps.document_mask:
+            problems.append(f"a per-document attention mask on {req.device_type}")
         if req.dtype not in caps.dtypes:
             problems.append(f"dtype {req.dtype} on {req.device_type}")
         return problems
@@ -90,6 +107,7 @@ class AttentionKernel:
         v: torch.Tensor,
         *,
         bias: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
         dropout_p: float = 0.0,
         causal: bool = True,
     ) -> torch.Tensor:
@@ -113,7 +131,10 @@ class NaiveAttention(AttentionKernel):
 
     description = "explicit QK^T, mask, softmax, V (reference; O(T^2) memory)"
 
-    def __call__(self, q, k, v, *, bias=None, dropout_p=0.0, causal=True):
+    def capabilities(self, device_type: str) -> AttentionCapabilities:
+        return AttentionCapabilities(window=True, document_mask=True)
+
+    def __call__(self, q, k, v, *, bias=None, mask=None, dropout_p=0.0, causal=True):
         B, H, T, D = q.shape
         S = k.shape[2]
         k, v = expand_kv(k, H), expand_kv(v, H)  # (B, H, S, D)
@@ -124,6 +145,8 @@ class NaiveAttention(AttentionKernel):
             att = att + bias.to(acc)
         if causal and T > 1:
             att = att.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+        if mask is not None:
+            att = att.masked_fill(~mask, float("-inf"))
         att = torch.softmax(att, dim=-1).to(q.dtype)
         if dropout_p > 0.0:
             att = F.dropout(att, p=dropout_p)
@@ -131,15 +154,25 @@ class NaiveAttention(AttentionKernel):
 
 
 def _sdpa_mask(
-    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    bias: torch.Tensor | None,
+    causal: bool,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
-    """The (attn_mask, is_causal) pair for SDPA; is_causal only where top-left == bottom-right."""
+    """The (attn_mask, is_causal) pair for SDPA; is_causal only where top-left == bottom-right.
+
+    A boolean ``mask`` stays boolean when there is no bias (SDPA takes it as it is); with a bias, the
+    masked entries become -inf in it.
+    """
     T, S = q.shape[2], k.shape[2]
-    if not causal or T == 1:  # a single new token sees the whole cache
+    if causal and T > 1:  # a single new token sees the whole cache
+        if bias is None and mask is None and T == S:
+            return None, True
+        tril = causal_mask(T, S, q.device)
+        mask = tril if mask is None else mask & tril
+    if mask is None:
         return (None if bias is None else bias.to(q.dtype)), False
-    if bias is None and T == S:
-        return None, True
-    mask = causal_mask(T, S, q.device)
     if bias is None:
         return mask, False
     return bias.to(q.dtype).masked_fill(~mask, float("-inf")), False
@@ -151,8 +184,11 @@ class SDPAAttention(AttentionKernel):
 
     description = "torch scaled_dot_product_attention, PyTorch picks the backend"
 
-    def __call__(self, q, k, v, *, bias=None, dropout_p=0.0, causal=True):
-        mask, is_causal = _sdpa_mask(q, k, bias, causal)
+    def capabilities(self, device_type: str) -> AttentionCapabilities:
+        return AttentionCapabilities(window=True, document_mask=True)
+
+    def __call__(self, q, k, v, *, bias=None, mask=None, dropout_p=0.0, causal=True):
+        mask, is_causal = _sdpa_mask(q, k, bias, causal, mask)
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=gqa
@@ -163,8 +199,8 @@ class SDPAAttention(AttentionKernel):
 class FlashAttention(AttentionKernel):
     """SDPA restricted to its FlashAttention backend: fails rather than falling back to another one.
 
-    PyTorch's flash backend exists on CPU (fp32/bf16/fp64; additive masks yes, dropout no) and on CUDA
-    (fp16/bf16; dropout yes, arbitrary masks no).
+    PyTorch's flash backend exists on CPU (fp32/bf16/fp64; additive masks yes, so windows and documents
+    too; dropout no) and on CUDA (fp16/bf16; dropout yes, arbitrary masks no: no bias, window or documents).
     """
 
     description = "SDPA forced to its FlashAttention backend (O(T) memory)"
@@ -173,11 +209,15 @@ class FlashAttention(AttentionKernel):
         if device_type == "cuda":
             return AttentionCapabilities(bias=False, dropout=True, dtypes=(torch.float16, torch.bfloat16))
         return AttentionCapabilities(
-            bias=True, dropout=False, dtypes=(torch.float32, torch.bfloat16, torch.float64)
+            bias=True,
+            dropout=False,
+            dtypes=(torch.float32, torch.bfloat16, torch.float64),
+            window=True,
+            document_mask=True,
         )
 
-    def __call__(self, q, k, v, *, bias=None, dropout_p=0.0, causal=True):
-        mask, is_causal = _sdpa_mask(q, k, bias, causal)
+    def __call__(self, q, k, v, *, bias=None, mask=None, dropout_p=0.0, causal=True):
+        mask, is_causal = _sdpa_mask(q, k, bias, causal, mask)
         gqa = k.shape[1] != q.shape[1]
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             return F.scaled_dot_product_attention(

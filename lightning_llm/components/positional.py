@@ -6,9 +6,12 @@ A positional encoding can act in three places, and implements those it needs:
 * ``context(pos, kv_len).rotate(q, k)``: rotates queries and keys in every layer (RoPE);
 * ``context(pos, kv_len).bias``: an additive attention bias (ALiBi, in ``plugins/``).
 
-``pos`` holds the absolute positions of the current tokens, shape (T,). The model calls ``context`` once
-per forward and hands the result to every layer. Constructor contract: positional arguments are shapes
-from the model, keyword-only arguments are the user's options from YAML.
+``pos`` holds the positions of the current tokens: shape (T,), the same for every row, or, for a
+model with ``document_mask``, shape (B, T), restarting at 0 at every document start in each row. Only an
+encoding that declares ``document_positions = True`` is given (B, T) positions (the model refuses the
+others at build time). The model calls ``context`` once per forward and hands the result to every layer.
+Constructor contract: positional arguments are shapes from the model, keyword-only arguments are the
+user's options from YAML.
 """
 
 from __future__ import annotations
@@ -36,12 +39,17 @@ class PositionalContext:
     """Applied to (q, k) of shape (B, H, T, D) after projection."""
     bias: torch.Tensor | None = None
     """Additive attention bias broadcastable to (B, H, T, S), or None."""
+    mask: torch.Tensor | None = None
+    """Boolean keep-mask broadcastable to (B, H, T, S), set by the model for sliding windows and document
+    masking (``lightning_llm.attention_masks``); None: plain causal attention."""
 
 
 class PositionalEncoding(nn.Module):
-    """Base class. ``needs_attention_bias`` tells the model to pick a kernel that accepts a bias."""
+    """Base class. ``needs_attention_bias`` tells the model to pick a kernel that accepts a bias;
+    ``document_positions`` says that ``embed`` and ``context`` accept per-row positions (B, T)."""
 
     needs_attention_bias: bool = False
+    document_positions: bool = False
     description: str = ""
 
     def __init__(self, dim: int, n_head: int, head_dim: int, max_seq_len: int) -> None:
@@ -63,6 +71,7 @@ class NoPositional(PositionalEncoding):
     """No positional information (causal attention alone still orders tokens: NoPE)."""
 
     description = "no positional encoding (NoPE)"
+    document_positions = True
 
 
 @POSITIONAL.register("learned")
@@ -70,25 +79,29 @@ class LearnedPositional(PositionalEncoding):
     """GPT-2: a trained embedding per absolute position, added to the token embedding."""
 
     description = "learned absolute position embeddings (GPT-2)"
+    document_positions = True
 
     def __init__(self, dim: int, n_head: int, head_dim: int, max_seq_len: int) -> None:
         super().__init__(dim, n_head, head_dim, max_seq_len)
         self.wpe = nn.Embedding(max_seq_len, dim)
 
     def embed(self, x, pos):
-        return x + self.wpe(pos)  # (B, T, C) + (T, C)
+        return x + self.wpe(pos)  # (B, T, C) + (T, C) or (B, T, C)
 
     def reset_parameters(self, std: float) -> None:
         nn.init.normal_(self.wpe.weight, mean=0.0, std=std)
 
 
 def sinusoid_table(pos: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
-    """Vaswani et al. (2017): PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(p / base^(2i/d))."""
+    """Vaswani et al. (2017): PE[p, 2i] = sin(p / base^(2i/d)), PE[p, 2i+1] = cos(p / base^(2i/d)).
+
+    ``pos`` (T,) or (B, T) -> table (T, dim) or (B, T, dim).
+    """
     i2 = torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32)  # 2i
-    angle = pos.float()[:, None] / base ** (i2 / dim)  # (T, ceil(d/2))
-    table = torch.empty(pos.shape[0], dim, device=pos.device, dtype=torch.float32)
-    table[:, 0::2] = torch.sin(angle)
-    table[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    angle = pos.float()[..., None] / base ** (i2 / dim)  # (..., T, ceil(d/2))
+    table = torch.empty(*pos.shape, dim, device=pos.device, dtype=torch.float32)
+    table[..., 0::2] = torch.sin(angle)
+    table[..., 1::2] = torch.cos(angle[..., : dim // 2])
     return table
 
 
@@ -97,6 +110,7 @@ class SinusoidalPositional(PositionalEncoding):
     """Fixed sinusoids added to the token embedding (Attention Is All You Need, section 3.5)."""
 
     description = "fixed sinusoidal table (Vaswani et al.)"
+    document_positions = True
 
     def __init__(self, dim: int, n_head: int, head_dim: int, max_seq_len: int, *, base: float = 10000.0):
         super().__init__(dim, n_head, head_dim, max_seq_len)
@@ -121,6 +135,7 @@ class RoPE(PositionalEncoding):
     """
 
     description = "rotary embeddings on q/k (base, linear/ntk scaling)"
+    document_positions = True
 
     def __init__(
         self,
@@ -149,8 +164,9 @@ class RoPE(PositionalEncoding):
 
     def context(self, pos, kv_len):
         p = pos.float() / self.factor if self.scaling == "linear" else pos.float()
-        freqs = torch.outer(p, self.inv_freq(pos.device))  # (T, D/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+        freqs = p[..., None] * self.inv_freq(pos.device)  # (T, D/2) or (B, T, D/2)
+        # (1, T, D) or (B, 1, T, D): broadcasts over the heads of q, k (B, H, T, D)
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(-3)
         cos, sin = emb.cos(), emb.sin()
 
         def rotate(q: torch.Tensor, k: torch.Tensor) -> QK:

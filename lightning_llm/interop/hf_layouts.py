@@ -370,6 +370,18 @@ BY_MODEL_TYPE = {layout.model_type: layout for layout in LAYOUTS}
 
 def layout_for(model: GPT) -> Layout:
     """The architecture ``model`` maps onto exactly, or an error naming, per architecture, what does not."""
+    from lightning_llm.config import RECIPE_OPTIONS
+
+    used = [
+        f"{n}={getattr(model.config, n)}"
+        for n in RECIPE_OPTIONS
+        if getattr(model.config, n) not in (None, False)
+    ]
+    if used:
+        raise HFMappingError(
+            f"This model uses {', '.join(used)}, which transformers' GPT-2 and Llama do not compute: an exported "
+            "model would give other logits. Export works for models trained without these options."
+        )
     found = {layout: layout.problems(model) for layout in LAYOUTS}
     for layout, problems in found.items():
         if not problems:

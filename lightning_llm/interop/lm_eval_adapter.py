@@ -197,7 +197,7 @@ class GPTEvalLM(LM):
         target = torch.tensor(targets, device=dev)
         logp, greedy = [], []
         for lo in range(0, len(targets), HEAD_CHUNK):
-            logits = self.model.lm_head(picked[lo : lo + HEAD_CHUNK]).float()
+            logits = self.model.logits(picked[lo : lo + HEAD_CHUNK]).float()
             lp = F.log_softmax(logits, dim=-1)
             t = target[lo : lo + HEAD_CHUNK]
             logp.append(lp.gather(-1, t[:, None])[:, 0].double())

@@ -332,3 +332,22 @@ def test_cli_errors_are_one_paragraph(bpe, tmp_path, cli):
     assert "positional 'sinusoidal'" in error
     error, _, _ = cli("import", "--from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt"))
     assert error is not None and "is not a directory" in error
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(qk_norm=True),
+        dict(logit_softcap=15.0),
+        dict(sliding_window=4),
+        dict(document_mask=True, eot_id=0),
+    ],
+    ids=["qk_norm", "softcap", "window", "document_mask"],
+)
+def test_recipe_options_are_refused_by_export(overrides, bpe, tmp_path):
+    """A model trained with a recipe option transformers' GPT-2/Llama lack is refused, naming the option."""
+    model = GPT(GPTConfig(**{**BASE, **LLAMA, **overrides}), device_type="cpu")
+    with pytest.raises(HFMappingError, match="do not compute") as err:
+        export_hf(model, bpe[0], tmp_path / "hf", verify=False)
+    assert next(iter(overrides)) in str(err.value)
+    assert not (tmp_path / "hf").exists()
