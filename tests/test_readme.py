@@ -81,6 +81,18 @@ def test_readme_component_table_matches_registries():
             assert f"`{name}`" in README, f"{reg.kind} '{name}' is registered but not in the README table"
 
 
+def test_readme_recipe_table_names_every_option_and_optimizer():
+    """The "Models and plugins" section names each recipe option and optimizer ``lightning-llm plugins`` lists."""
+    from lightning_llm.config import RECIPE_OPTIONS
+    from lightning_llm.optim import OPTIMIZERS
+
+    section = README[README.index("## Models and plugins") : README.index("### Write your own plugin")]
+    for name in (*RECIPE_OPTIONS, *OPTIMIZERS):
+        assert f"`{name}`" in section, (
+            f"'{name}' is listed by lightning-llm plugins but not in the README table"
+        )
+
+
 def test_readme_mlp_plugin_example_builds_with_the_right_init(monkeypatch: pytest.MonkeyPatch) -> None:
     """The "Write your own plugin" MLP runs as printed: any layer names, the residual init from its contract."""
     import torch
@@ -94,7 +106,7 @@ def test_readme_mlp_plugin_example_builds_with_the_right_init(monkeypatch: pytes
     monkeypatch.setattr(MLP, "_entries", dict(MLP._entries))
     exec(compile(block, "README.md", "exec"), {"__name__": "readme_example"})
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=8, n_head=2, n_embd=256, mlp="relu2"))
+    model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=8, n_head=2, n_embd=256, mlp="my_relu2"))
     mlp = model.blocks[0].mlp
     assert mlp.w_out.weight.double().std().item() == pytest.approx(0.02 / (2 * 8) ** 0.5, rel=0.05)
     assert mlp.w_in.weight.double().std().item() == pytest.approx(0.02, rel=0.05)

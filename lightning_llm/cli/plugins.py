@@ -1,6 +1,8 @@
 """``lightning-llm plugins``: every registered component, where it comes from, and whether it runs here.
 
-One row per component of each kind (attention, positional, norm, mlp, source, filter): its source
+One row per component of each kind (attention, positional, norm, mlp, source, filter), then the model
+options of the modern recipe (QK-norm, logit soft-capping, sliding window, document masking) and the
+optimizers (``model.optimizer.name``). A component's row gives its source
 (built-in, or the installed distribution and version that registered it through an entry point), its
 description, and whether it can run on this machine. Attention kernels answer through
 ``unavailable_reason(device)`` for ``cpu`` and, when a GPU is visible, ``cuda``; a data filter through
@@ -92,6 +94,43 @@ def collect(devices: list[str] | None = None) -> list[PluginRow]:
     return rows
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """A dataclass's attribute docstrings (the string right under each field), as ``--help`` shows them."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if (
+                isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def option_rows(devices: list[str]) -> list[PluginRow]:
+    """The model options of the modern recipe (``GPTConfig.RECIPE_OPTIONS``) and the optimizers, as rows."""
+    from lightning_llm.config import RECIPE_OPTIONS, GPTConfig
+    from lightning_llm.optim import OPTIMIZERS
+
+    docs = field_docs(GPTConfig)
+    rows = [
+        PluginRow("option", f"model.config.{name}", "built-in", docs[name], dict.fromkeys(devices, True))
+        for name in RECIPE_OPTIONS
+    ]
+    rows += [
+        PluginRow("optimizer", name, "built-in", text, dict.fromkeys(devices, True))
+        for name, text in OPTIMIZERS.items()
+    ]
+    return rows
+
+
 def format_table(rows: list[PluginRow], devices: list[str]) -> str:
     """A plain aligned table; the last column holds the description, or why it can't run / its error."""
     header = ["KIND", "NAME", "SOURCE", *(d.upper() for d in devices), "DESCRIPTION / WHY NOT"]
@@ -119,7 +158,7 @@ def plugins_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     args = parser.parse_args(argv)
     devices = _devices()
-    rows = collect(devices)
+    rows = collect(devices) + option_rows(devices)
     if args.json:
         print(json.dumps([asdict(r) for r in rows], indent=2))
     else:

@@ -51,3 +51,23 @@ def test_broken_entry_points_are_listed_with_their_error(
     plugins_main([])
     bad = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("widget"))
     assert "bad" in bad and "fake-cli-plugin 1.2" in bad and "ERROR:" in bad and "failed to import" in bad
+
+
+def test_recipe_options_and_optimizers_are_listed_with_their_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every GPTConfig recipe option and every optimizer has a row whose text is its --help docstring."""
+    from lightning_llm.config import RECIPE_OPTIONS, GPTConfig
+    from lightning_llm.optim import OPTIMIZERS
+
+    plugins_main(["--json"])
+    rows = {(r["kind"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
+    docs = plugins_cli.field_docs(GPTConfig)
+    for name in RECIPE_OPTIONS:
+        row = rows[("option", f"model.config.{name}")]
+        assert row["description"] == docs[name] and len(row["description"]) > 40
+    assert {n for k, n in rows if k == "optimizer"} == set(OPTIMIZERS) >= {"adamw", "muon"}
+    assert field_names_documented(GPTConfig) >= set(RECIPE_OPTIONS)
+
+
+def field_names_documented(cls: type) -> set[str]:
+    """Fields of ``cls`` that carry a docstring (``field_docs`` must find the new ones)."""
+    return set(plugins_cli.field_docs(cls))
