@@ -159,7 +159,8 @@ def _old_num_params(cfg: GPTConfig, include_embedding: bool = True) -> int:
     n_in = 2 if cfg.mlp.name == "swiglu" else 1  # type: ignore[union-attr]
     mlp = n_in * (c * h + b * h) + h * c + b * c  # type: ignore[operator]
     norm = c * (2 if cfg.norm.name == "layernorm" and cfg.bias else 1)  # type: ignore[union-attr]
-    n = cfg.n_layer * (attn + mlp + 2 * norm) + norm
+    qk_norm = 2 * cfg.head_dim if cfg.qk_norm else 0  # one scale of head_dim for q, one for k
+    n = cfg.n_layer * (attn + qk_norm + mlp + 2 * norm) + norm
     if include_embedding:
         n += cfg.vocab_size * c * (1 if cfg.tie_embeddings else 2)
         if cfg.positional.name == "learned":  # type: ignore[union-attr]
