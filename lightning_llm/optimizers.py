@@ -146,10 +146,9 @@ def newton_schulz_dtype(device: torch.device) -> torch.dtype:
     it) on a GPU and on a CPU with native bf16 matmuls; fp32 on a CPU without them, where bf16 matmuls are
     emulated (30x slower than fp32 on an AVX2 EPYC: Muon's step took seconds) and fp32 costs nothing extra."""
     if device.type == "cpu":
-        from lightning_llm.precision import cpu_bf16_native, cpu_bf16_slowdown
+        from lightning_llm import precision
 
-        native = cpu_bf16_native()
-        if not (native or (native is None and cpu_bf16_slowdown() <= 2.0)):
+        if not precision.cpu_bf16_fast():
             return torch.float32
     return torch.bfloat16
 

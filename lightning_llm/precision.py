@@ -97,6 +97,13 @@ def cpu_bf16_native() -> bool | None:
     return any(bool(p()) for p in probes)  # type: ignore[misc]
 
 
+def cpu_bf16_fast() -> bool:
+    """Whether bf16 matmuls run natively on this CPU: by instruction set where torch can tell, else by timing
+    (``cpu_bf16_slowdown`` within ``EMULATED_RATIO``). ``fit``'s precision and Muon's orthogonalisation ask this."""
+    native = cpu_bf16_native()
+    return native if native is not None else cpu_bf16_slowdown() <= EMULATED_RATIO
+
+
 def cpu_precision(precision: str) -> tuple[str, str | None]:
     """The precision to train with on this CPU, and why it differs from ``precision`` (None: unchanged)."""
     if not str(precision).startswith("bf16") or os.environ.get(CPU_BF16_ENV) == "1":
