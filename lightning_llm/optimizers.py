@@ -163,10 +163,14 @@ def orthogonalize(
     """Newton-Schulz orthogonalisation (Muon's) of each matrix of a batch ``(N, rows, cols)``, in ``dtype``
     (``newton_schulz_dtype`` picks it per device).
 
-    Each matrix is scaled to Frobenius norm <= 1, then ``steps`` quintic iterations push its singular values
-    towards 1 (Muon's coefficients favour speed: they land roughly between 0.5 and 1.5); a tall matrix is
-    iterated transposed so the Gram matrix is the small one. The same computation as ``torch.optim.Muon``,
-    batched over matrices.
+    Each matrix is scaled to Frobenius norm <= 1, then ``steps`` quintic iterations
+    ``X <- (a I + b G + c G^2) X`` with ``G = X X^T`` push its singular values towards 1 (Muon's coefficients
+    favour speed: they land roughly between 0.5 and 1.5); a tall matrix is iterated transposed so ``G`` is the
+    small (r, r) one. The same computation as ``torch.optim.Muon``, batched over matrices.
+
+    In fp32 or fp64, a matrix more than 1.5 times as wide as tall is iterated on its Gram matrix alone
+    (``_gram_newton_schulz``: the same result in fewer FLOPs). In bf16 the iteration runs on ``X`` as torch's
+    does: each step there re-derives ``G`` from the current ``X``, which keeps bf16's rounding from piling up.
     """
     a, b, c = coefficients
     x = update.to(dtype)
@@ -174,11 +178,39 @@ def orthogonalize(
     if tall:
         x = x.mT
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.mT  # (N, r, r), r = min(rows, cols)
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
-        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b G + c G^2) X
+    if dtype in (torch.float32, torch.float64) and x.size(-1) > 1.5 * x.size(-2) and steps > 1:
+        x = _gram_newton_schulz(x, coefficients, steps)
+    else:
+        for _ in range(steps):
+            gram = x @ x.mT  # (N, r, r), r = min(rows, cols)
+            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+            x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b G + c G^2) X
     return x.mT if tall else x
+
+
+def _gram_newton_schulz(
+    x: torch.Tensor, coefficients: tuple[float, float, float], steps: int
+) -> torch.Tensor:
+    """``steps`` Newton-Schulz iterations of wide matrices ``x`` (N, r, n), carried out on (r, r) matrices.
+
+    Step k multiplies X on the left by ``P_k = a I + b G_k + c G_k^2``, so after it ``X_k = Q_k X_0`` with
+    ``Q_k = P_k ... P_0``, and the next Gram matrix is ``G_{k+1} = P_k G_k P_k`` (P_k is symmetric). Tracking
+    ``Q`` and ``G`` instead of ``X`` costs two (r, n) products in all (``G_0`` and ``Q X_0``) and at most four
+    (r, r) ones a step, against two (r, n) and one (r, r) a step: for s steps ``4 r^2 n + (4 s - 3) 2 r^3``
+    FLOPs instead of ``s (4 r^2 n + 2 r^3)``, less whenever n > 1.5 r. For Muon's 4-5 steps on a (256, 1152)
+    matrix that is 45% fewer.
+    """
+    a, b, c = coefficients
+    gram = x @ x.mT
+    q: torch.Tensor | None = None
+    for k in range(steps):
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        poly.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
+        q = poly if q is None else poly @ q
+        if k < steps - 1:
+            gram = poly @ gram @ poly
+    assert q is not None  # steps >= 1
+    return q @ x
 
 
 def lr_scale(adjust: str | None, shape: torch.Size) -> float:

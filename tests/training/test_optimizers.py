@@ -471,15 +471,63 @@ def test_newton_schulz_dtype_is_chosen_per_device(monkeypatch: pytest.MonkeyPatc
     assert optimizers.newton_schulz_dtype(torch.device("cpu")) == torch.bfloat16
 
 
-def test_fp32_orthogonalisation_matches_fp64_and_bf16_is_near() -> None:
-    """The fp32 path computes the same iteration as fp64; torch's bf16 one lands close (its own rounding)."""
+NS = ((3.4445, -4.775, 2.0315), 1e-7)
+
+
+def _newton_schulz_fp64(g: torch.Tensor, steps: int) -> torch.Tensor:
+    """Muon's iteration written out in fp64, on X itself: the reference of every path of ``orthogonalize``."""
+    (a, b, c), eps = NS
+    tall = g.size(-2) > g.size(-1)
+    x = g.double().mT if tall else g.double()
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+@pytest.mark.parametrize("shape", [(3, 48, 16), (2, 16, 80), (2, 24, 24), (2, 20, 28)])
+@pytest.mark.parametrize("steps", [1, 4, 5])
+def test_fp32_orthogonalisation_matches_fp64_and_bf16_is_near(shape: tuple[int, ...], steps: int) -> None:
+    """fp32 and fp64 compute Muon's iteration (on the Gram matrix for the wide and tall shapes, on X for the
+    near-square ones); torch's bf16 path lands close (its own rounding)."""
     torch.manual_seed(0)
-    g = torch.randn(3, 48, 16, dtype=torch.float64)
-    args = ((3.4445, -4.775, 2.0315), 5, 1e-7)
-    exact = optimizers.orthogonalize(g, *args, dtype=torch.float64)
-    fp32 = optimizers.orthogonalize(g, *args, dtype=torch.float32)
-    torch.testing.assert_close(fp32.double(), exact, rtol=0, atol=1e-5)
-    bf16 = optimizers.orthogonalize(g, *args, dtype=torch.bfloat16)
+    g = torch.randn(shape, dtype=torch.float64)
+    exact = _newton_schulz_fp64(g, steps)
+    for dtype, atol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        out = optimizers.orthogonalize(g, NS[0], steps, NS[1], dtype=dtype)
+        assert out.dtype == dtype and out.shape == g.shape
+        torch.testing.assert_close(out.double(), exact, rtol=0, atol=atol)
+    bf16 = optimizers.orthogonalize(g, NS[0], steps, NS[1], dtype=torch.bfloat16)
     assert (bf16.double() - exact).abs().max() < 0.05
-    singular = torch.linalg.svdvals(exact)
-    assert singular.min() > 0.5 and singular.max() < 1.5  # Muon's iteration: roughly orthogonal
+    if steps == 5:
+        singular = torch.linalg.svdvals(exact)
+        assert singular.min() > 0.5 and singular.max() < 1.5  # Muon's iteration: roughly orthogonal
+
+
+def test_gram_iteration_is_chosen_where_it_saves_flops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32 on a matrix more than 1.5x as wide as tall (either way round) iterates on the Gram matrix, with
+    at least 40% fewer FLOPs than the iteration on X for Muon's shapes; bf16 and square matrices do not."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls: list[tuple[int, ...]] = []
+    real = optimizers._gram_newton_schulz
+    monkeypatch.setattr(
+        optimizers, "_gram_newton_schulz", lambda x, *a: calls.append(tuple(x.shape)) or real(x, *a)
+    )
+    g = torch.randn(2, 256, 1152)
+    for shape, dtype, gram in [
+        ((2, 256, 1152), torch.float32, True),
+        ((2, 1152, 256), torch.float32, True),
+        ((2, 256, 256), torch.float32, False),
+        ((2, 256, 300), torch.float32, False),
+        ((2, 256, 1152), torch.bfloat16, False),
+    ]:
+        calls.clear()
+        optimizers.orthogonalize(torch.randn(shape), NS[0], 5, NS[1], dtype=dtype)
+        assert bool(calls) == gram, (shape, dtype)
+    with FlopCounterMode(display=False) as gram_flops:
+        optimizers.orthogonalize(g, NS[0], 5, NS[1], dtype=torch.float32)
+    with FlopCounterMode(display=False) as x_flops:
+        optimizers.orthogonalize(g, NS[0], 5, NS[1], dtype=torch.bfloat16)
+    assert gram_flops.get_total_flops() < 0.6 * x_flops.get_total_flops()
