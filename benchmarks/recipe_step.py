@@ -1,12 +1,13 @@
-"""Time per training step of the quick start's model: today's recipe against the modern one.
+"""Time per training step of the quick start's model: the recipe before #16 against the modern one.
 
-One process, the two models built from the presets' ``model`` sections (``configs/quickstart.yaml`` and
-``configs/quickstart-modern.yaml``), the same random (16, 256) batches, fp32 (this CPU has no native bf16),
+One process, the two models built from the presets' ``model`` sections (``configs/quickstart-baseline.yaml``
+and ``configs/quickstart.yaml``), the same random (16, 256) batches, fp32 (this CPU has no native bf16),
 one thread each: forward with the fused loss, backward, gradient clipping, the optimizer step. Rounds
 alternate the variants, so load on the machine hits both alike; the time is this thread's CPU time
 (``time.thread_time``), which other processes on the machine inflate far less than wall-clock time.
 
     python -m benchmarks.recipe_step --rounds 5
+    python -m benchmarks.recipe_step --rounds 5 --components qk_norm,relu2,softcap,muon   # one change each
 """
 
 from __future__ import annotations
@@ -26,16 +27,31 @@ from lightning_llm.optim import OptimizerConfig
 from lightning_llm.optimizers import build_optimizer, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = {"quickstart": "configs/quickstart.yaml", "quickstart-modern": "configs/quickstart-modern.yaml"}
+PRESETS = {"baseline": "configs/quickstart-baseline.yaml", "quickstart": "configs/quickstart.yaml"}
+ARCH = {"qk_norm": True, "mlp": "relu2", "intermediate_size": 1152}
+COMPONENTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    # name: (preset it changes, model.config overrides, model.optimizer overrides)
+    "qk_norm": ("baseline", {"qk_norm": True}, {}),
+    "relu2": ("baseline", {"mlp": "relu2", "intermediate_size": 1152}, {}),
+    "softcap": ("baseline", {"logit_softcap": 15.0}, {}),
+    "muon": ("baseline", {}, {"name": "muon"}),
+    "muon_ns4": ("baseline", {}, {"name": "muon", "muon_ns_steps": 4}),
+    "arch_adamw": ("baseline", ARCH, {}),
+    "quickstart_softcap": ("quickstart", {"logit_softcap": 15.0}, {}),
+    "quickstart_ns5": ("quickstart", {}, {"muon_ns_steps": 5}),
+}
 
 
-def build(preset: str, vocab: int) -> tuple[GPT, torch.optim.Optimizer]:
-    """The preset's model (vocabulary of the classics tokenizer) and its optimizer, as ``fit`` builds them."""
+def build(
+    preset: str, vocab: int, config_over: dict[str, Any] | None = None, opt_over: dict[str, Any] | None = None
+) -> tuple[GPT, torch.optim.Optimizer]:
+    """The preset's model (vocabulary of the classics tokenizer) and its optimizer, as ``fit`` builds them,
+    with ``config_over`` / ``opt_over`` on top of its ``model.config`` / ``model.optimizer``."""
     model_cfg: dict[str, Any] = yaml.safe_load((ROOT / preset).read_text())["model"]
-    config = GPTConfig(**{**model_cfg["config"], "vocab_size": vocab})
+    config = GPTConfig(**{**model_cfg["config"], **(config_over or {}), "vocab_size": vocab})
     torch.manual_seed(0)
     model = GPT(config, device_type="cpu")
-    opt_cfg = OptimizerConfig(**model_cfg.get("optimizer", {}))
+    opt_cfg = OptimizerConfig(**{**model_cfg.get("optimizer", {}), **(opt_over or {})})
     return model, build_optimizer(param_groups(model, opt_cfg), opt_cfg, fused=True)
 
 
@@ -51,9 +67,17 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument(
+        "--components",
+        default="",
+        help=f"comma list of single changes to time as well: {', '.join(COMPONENTS)}",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     runs = {name: build(path, args.vocab) for name, path in PRESETS.items()}
+    for name in filter(None, args.components.split(",")):
+        preset, config_over, opt_over = COMPONENTS[name]
+        runs[name] = build(PRESETS[preset], args.vocab, config_over, opt_over)
     batch = torch.randint(0, args.vocab, (16, 257), generator=torch.Generator().manual_seed(0))
     for model, opt in runs.values():  # warm-up: allocations, optimizer state
         step(model, opt, batch)
@@ -63,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.thread_time()
             step(model, opt, batch)
             times[name].append(time.thread_time() - t0)
-    base = statistics.median(times["quickstart"])
+    base = statistics.median(times["baseline"])
     for name, t in times.items():
         med = statistics.median(t)
         print(
