@@ -60,7 +60,7 @@ def test_an_exported_then_imported_model_validates_like_the_original(
         *fit_args(
             tmp_path,
             tiny_dataset,
-            "quickstart.yaml",
+            "quickstart-baseline.yaml",
             "--trainer.max_steps=4",
             "--trainer.val_check_interval=4",
         ),
@@ -75,7 +75,7 @@ def test_an_exported_then_imported_model_validates_like_the_original(
             run,
             "validate",
             "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
+            str(ROOT / "configs" / "quickstart-baseline.yaml"),
             f"--data.path={tiny_dataset}",
             *TINY,
             f"--trainer.default_root_dir={tmp_path / 'validate'}",
@@ -96,14 +96,15 @@ def test_an_exported_then_imported_model_validates_like_the_original(
         *fit_args(
             tmp_path / "warm",
             tiny_dataset,
-            "quickstart.yaml",
+            "quickstart-baseline.yaml",
             "--trainer.max_steps=1",
             f"--model.init_weights={imported}",
         ),
     )
     assert "Starting from the weights of" in err
     refused, _, _ = run(
-        "fit", *fit_args(tmp_path / "bad", tiny_dataset, "quickstart.yaml", f"--ckpt_path={imported}")
+        "fit",
+        *fit_args(tmp_path / "bad", tiny_dataset, "quickstart-baseline.yaml", f"--ckpt_path={imported}"),
     )
     assert refused is not None and "--model.init_weights" in refused
 
