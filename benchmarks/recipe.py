@@ -1,8 +1,8 @@
 """The modern-recipe ablation: the quick start trained with one change at a time, then combined.
 
 Every run is a real ``lightning-llm fit --config configs/quickstart-baseline.yaml`` (the quick start before
-the modern recipe: same data, model size, batch and tokens per step) with a variant's overrides, ``--steps`` optimizer steps (the schedule spans them), a
-validation every ``--val_every`` steps on the same 10 held-out batches, and a seed. From each run's
+the modern recipe: same data, model size, batch and tokens per step) with a variant's overrides, ``--steps``
+optimizer steps (the schedule spans them), a validation every ``--val_every`` steps on the same 10 held-out batches, and a seed. From each run's
 ``metrics.csv`` it reads the validation loss at every check and the median training tokens/s, and reports
 per variant: the loss at each check (mean over seeds, and the spread), and the first step at which the mean
 loss reaches ``--target`` (linear interpolation between checks; "-" when it never does).
@@ -50,9 +50,8 @@ VARIANTS["combined"] = [
     *MUON,
     *VARIANTS["wsd"],
 ]
-# The schedule Muon trains best with in 200 steps: a short warmup and a longer cooldown to zero
-WSD_SHORT = [
-    *VARIANTS["wsd"],
+# On top of "wsd", the schedule Muon trains best with in 200 steps: a short warmup and a longer cooldown
+SHORT_WARMUP_LONG_COOLDOWN = [
     "--model.schedule.warmup_steps",
     "10",
     "--model.schedule.decay_fraction",
@@ -65,9 +64,10 @@ VARIANTS["modern"] = [
     *MUON,
     "--model.optimizer.muon_ns_steps",
     "4",
-    *WSD_SHORT,
+    *VARIANTS["wsd"],
+    *SHORT_WARMUP_LONG_COOLDOWN,
 ]
-VARIANTS["modern_softcap"] = [*VARIANTS["combined"], *WSD_SHORT]
+VARIANTS["modern_softcap"] = [*VARIANTS["combined"], *SHORT_WARMUP_LONG_COOLDOWN]  # combined has "wsd"
 # tuning of "modern", one knob each
 VARIANTS["modern_muon_lr_0.04"] = [*VARIANTS["modern"], "--model.optimizer.muon_lr", "0.04"]
 VARIANTS["modern_lr_4e-3"] = [*VARIANTS["modern"], "--model.optimizer.lr", "4e-3"]

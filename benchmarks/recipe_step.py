@@ -28,15 +28,16 @@ from lightning_llm.optimizers import build_optimizer, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"baseline": "configs/quickstart-baseline.yaml", "quickstart": "configs/quickstart.yaml"}
-ARCH = {"qk_norm": True, "mlp": "relu2", "intermediate_size": 1152}
+QK_NORM = {"qk_norm": True}
+RELU2 = {"mlp": "relu2", "intermediate_size": 1152}  # the parameters of SwiGLU 768
 COMPONENTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # name: (preset it changes, model.config overrides, model.optimizer overrides)
-    "qk_norm": ("baseline", {"qk_norm": True}, {}),
-    "relu2": ("baseline", {"mlp": "relu2", "intermediate_size": 1152}, {}),
+    "qk_norm": ("baseline", QK_NORM, {}),
+    "relu2": ("baseline", RELU2, {}),
     "softcap": ("baseline", {"logit_softcap": 15.0}, {}),
     "muon": ("baseline", {}, {"name": "muon"}),
     "muon_ns4": ("baseline", {}, {"name": "muon", "muon_ns_steps": 4}),
-    "arch_adamw": ("baseline", ARCH, {}),
+    "arch_adamw": ("baseline", {**QK_NORM, **RELU2}, {}),
     "quickstart_softcap": ("quickstart", {"logit_softcap": 15.0}, {}),
     "quickstart_ns5": ("quickstart", {}, {"muon_ns_steps": 5}),
 }

@@ -108,14 +108,10 @@ def cpu_precision(precision: str) -> tuple[str, str | None]:
     """The precision to train with on this CPU, and why it differs from ``precision`` (None: unchanged)."""
     if not str(precision).startswith("bf16") or os.environ.get(CPU_BF16_ENV) == "1":
         return str(precision), None
-    native = cpu_bf16_native()
-    if native:
+    if cpu_bf16_fast():
         return str(precision), None
-    if native is None:
-        slowdown = cpu_bf16_slowdown()
-        if slowdown <= EMULATED_RATIO:
-            return str(precision), None
-        why = f"a bf16 matmul measured {slowdown:.0f}x slower than fp32 here"
+    if cpu_bf16_native() is None:  # decided by timing (cached)
+        why = f"a bf16 matmul measured {cpu_bf16_slowdown():.0f}x slower than fp32 here"
     else:
         why = "it has neither AVX512-BF16 nor AMX instructions"
     return "32-true", (
