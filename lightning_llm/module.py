@@ -18,15 +18,15 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.text import Perplexity
 
-from lightning_llm import optimizers
 from lightning_llm.chat import IGNORE_INDEX
 from lightning_llm.checkpoint_hooks import CheckpointHooks
 from lightning_llm.checkpointing import check_disk_space
 from lightning_llm.config import GPTConfig, pad_vocab_size
 from lightning_llm.model import GPT
 from lightning_llm.nonfinite import NonFiniteLossError, NonFiniteTracker
-from lightning_llm.optim import OptimizerConfig, ScheduleConfig, lr_factor
-from lightning_llm.parallel import clip_grad_norm, data_parallel_size
+from lightning_llm.optim import OptimizerConfig, ScheduleConfig
+from lightning_llm.optimization_hooks import OptimizationHooks
+from lightning_llm.parallel import data_parallel_size
 from lightning_llm.precision import fsdp_param_dtype, training_dtype
 
 
@@ -44,7 +44,7 @@ class TokenData(Protocol):
     tokenizer: Any
 
 
-class LitGPT(CheckpointHooks, L.LightningModule):
+class LitGPT(CheckpointHooks, OptimizationHooks, L.LightningModule):
     """Trains a ``GPT`` on batches of token windows (B, T + 1), or of inputs and labels (instruction tuning).
 
     Args:
@@ -385,79 +385,3 @@ class LitGPT(CheckpointHooks, L.LightningModule):
             self.val_exact.reset()
         self.val_loss.reset()
         self.val_ppl.reset()
-
-    # -- optimisation -------------------------------------------------------------------------------
-    def param_groups(self) -> list[dict[str, Any]]:
-        """The groups of model.optimizer: AdamW decay (weight matrices), no-decay (norms, biases, embeddings,
-        a tied head), and with Muon its group (the blocks' 2-D weights); see ``optimizers.param_groups``."""
-        return optimizers.param_groups(self.model, self.optim_cfg)  # type: ignore[arg-type]
-
-    def _clips_itself(self) -> bool:
-        """Whether ``configure_gradient_clipping`` clips here instead of Lightning's precision plugin.
-
-        Lightning's mixed-precision plugin refuses clipping with a fused optimizer (it assumes the
-        optimizer unscales a GradScaler's gradients itself) and FSDP1's precision plugin refuses norm
-        clipping altogether. Where no GradScaler is involved (fp32, bf16) the gradients are already
-        unscaled, so the module clips them itself: fused AdamW and clipping together, on any strategy
-        but ModelParallelStrategy (FSDP2/TP), where Lightning's path handles the DTensor gradients.
-        """
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        return scaler is None and not isinstance(self.trainer.strategy, ModelParallelStrategy)
-
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        if not gradient_clip_val:
-            return
-        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-        algorithm = gradient_clip_algorithm or "norm"
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        unscaled = getattr(self.trainer.precision_plugin, "scaler", None) is None
-        if isinstance(self.trainer.strategy, ModelParallelStrategy) and algorithm == "norm" and unscaled:
-            clip_grad_norm(params, gradient_clip_val)  # torch's refuses gradients on two meshes (FSDP2 x TP)
-            return
-        if not self._clips_itself():
-            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-            return
-        if isinstance(self.trainer.strategy, FSDPStrategy):  # FSDP1: the norm over all shards
-            if algorithm != "norm":
-                raise ValueError(
-                    "FSDP1 clips gradients by norm only; set --trainer.gradient_clip_algorithm norm."
-                )
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)  # type: ignore[union-attr]
-            return
-        if algorithm == "norm":  # foreach kernels, no host synchronisation
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
-        else:
-            torch.nn.utils.clip_grad_value_(params, gradient_clip_val, foreach=True)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.optim_cfg
-        optimizers.check_strategy(cfg, self.trainer.strategy, self.tensor_parallel)
-        fused = cfg.fused
-        if fused is None:
-            # fused AdamW: one kernel per parameter group on GPU; only where the clipping can be done here
-            # (no GradScaler; see ``_clips_itself``) or no clipping is asked for
-            clip = bool(self.trainer.gradient_clip_val)
-            fused = self.device.type in ("cuda", "cpu") and (not clip or self._clips_itself())
-            if not fused:
-                rank_zero_info(
-                    "AdamW: foreach implementation (fused would conflict with gradient clipping under "
-                    f"{self.trainer.precision} precision on {type(self.trainer.strategy).__name__})"
-                )
-        opt = optimizers.build_optimizer(self.param_groups(), cfg, fused=fused)
-        total = self.sched_cfg.max_steps or int(self.trainer.estimated_stepping_batches)
-        if self.sched_cfg.warmup_steps >= total:
-            rank_zero_warn(
-                f"model.schedule.warmup_steps={self.sched_cfg.warmup_steps} is not shorter than the schedule's "
-                f"{total} optimizer steps: the learning rate never reaches its peak {self.optim_cfg.lr} "
-                f"(it ends at {self.optim_cfg.lr * total / max(1, self.sched_cfg.warmup_steps):.3g})."
-            )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.sched_cfg, total))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

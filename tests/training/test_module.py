@@ -12,7 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_llm.config import GPTConfig
 from lightning_llm.data.datamodule import TokenDataModule
-from lightning_llm.module import LitGPT, NonFiniteLossError, OptimizerConfig, ScheduleConfig, lr_factor
+from lightning_llm.module import LitGPT, NonFiniteLossError, OptimizerConfig, ScheduleConfig
+from lightning_llm.optim import lr_factor
 
 BLOCK = 32
 
