@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_llm.chat import TEMPLATE_NAME, has_chat_tokens
 from lightning_llm.config import GPTConfig
 from lightning_llm.nonfinite import NonFiniteLossError, nonfinite_tensors
-from lightning_llm.optim import apply_optimizer_settings
+from lightning_llm.optim import apply_optimizer_settings, apply_settings_to_groups
 
 
 class CheckpointHooks:
@@ -68,6 +68,15 @@ class CheckpointHooks:
             "Resume with --ckpt_path last and a lower learning rate (--model.optimizer.lr) or gradient "
             "clipping (--trainer.gradient_clip_val 1.0)."
         )
+
+    def on_train_start(self) -> None:
+        """A checkpoint directory (FSDP2, sharded FSDP1) loads the optimizer state straight into the optimizer,
+        after ``on_load_checkpoint`` saw the checkpoint without it: the configured settings are set on the live
+        groups here (where the checkpoint's groups were rewritten already, this changes nothing)."""
+        if self.trainer.ckpt_path is None:
+            return
+        for optimizer in self.trainer.optimizers:
+            apply_settings_to_groups(optimizer.param_groups, self.optim_cfg)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"

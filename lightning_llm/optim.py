@@ -163,45 +163,56 @@ def optimizer_mismatch(saved: str, wanted: str) -> str:
     )
 
 
-def apply_optimizer_settings(checkpoint: dict[str, Any], cfg: OptimizerConfig) -> None:
-    """Rewrite a checkpoint's saved optimizer and scheduler state to ``cfg`` (a resume with new settings).
+def apply_settings_to_groups(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> list[float]:
+    """Set ``cfg``'s settings on optimizer ``groups`` (saved dicts or a live optimizer's); return each peak lr.
 
     Groups are AdamW's, then with Muon the Muon group (told by its ``ns_steps`` key); ``name: adamw`` keeps
     the decay group first, then the no-decay one, and the Muon layout names each group's ``role`` (see
     ``optimizers.param_groups``). Each learning rate keeps the schedule's position (scaled by new / old
-    peak); AdamW's betas, eps and decay group's weight decay, and Muon's momentum, Nesterov flag,
-    Newton-Schulz steps, lr adjustment and weight decay are replaced. Without this, Lightning would restore
-    the old values. A checkpoint of the other optimizer (AdamW's resumed with muon or the reverse) is refused.
+    peak, so applying the same settings twice changes nothing); AdamW's betas, eps and decay group's weight
+    decay, and Muon's momentum, Nesterov flag, Newton-Schulz steps, lr adjustment and weight decay are
+    replaced. Groups of the other optimizer (AdamW's resumed with muon or the reverse) are refused.
+    """
+    saved = "muon" if any(MUON_GROUP_KEY in g for g in groups) else "adamw"
+    if groups and saved != cfg.name:
+        raise ValueError(optimizer_mismatch(saved, cfg.name))
+    peaks: list[float] = []
+    adamw_index = 0
+    for group in groups:
+        if MUON_GROUP_KEY in group:
+            peak = cfg.muon_peak_lr
+            group.update(
+                weight_decay=cfg.muon_decay,
+                momentum=cfg.muon_momentum,
+                nesterov=cfg.muon_nesterov,
+                ns_steps=cfg.muon_ns_steps,
+                adjust_lr_fn=cfg.muon_lr_adjust,
+            )
+        else:
+            peak = cfg.lr
+            group["betas"], group["eps"] = tuple(cfg.betas), cfg.eps
+            role = group.get("role") or ("adamw_decay" if adamw_index == 0 else "adamw_no_decay")
+            if role == "adamw_decay":
+                group["weight_decay"] = cfg.weight_decay
+            adamw_index += 1
+        base = group.get("initial_lr") or peak
+        group["lr"] = group["lr"] * peak / base
+        group["initial_lr"] = peak
+        peaks.append(peak)
+    return peaks
+
+
+def apply_optimizer_settings(checkpoint: dict[str, Any], cfg: OptimizerConfig) -> None:
+    """Rewrite a checkpoint's saved optimizer and scheduler state to ``cfg`` (a resume with new settings;
+    see ``apply_settings_to_groups``). Without this, Lightning would restore the old values. Under FSDP2 the
+    optimizer state is not in ``checkpoint`` (the strategy loads it straight into the optimizer), so only
+    the scheduler's peaks are set here and ``CheckpointHooks`` applies the rest to the live optimizer.
     """
     lrs: list[float] = []
     for n, state in enumerate(checkpoint.get("optimizer_states", [])):
-        groups = state.get("param_groups", [])
-        saved = "muon" if any(MUON_GROUP_KEY in g for g in groups) else "adamw"
-        if groups and saved != cfg.name:
-            raise ValueError(optimizer_mismatch(saved, cfg.name))
-        adamw_index = 0
-        for group in groups:
-            if MUON_GROUP_KEY in group:
-                peak = cfg.muon_peak_lr
-                group.update(
-                    weight_decay=cfg.muon_decay,
-                    momentum=cfg.muon_momentum,
-                    nesterov=cfg.muon_nesterov,
-                    ns_steps=cfg.muon_ns_steps,
-                    adjust_lr_fn=cfg.muon_lr_adjust,
-                )
-            else:
-                peak = cfg.lr
-                group["betas"], group["eps"] = tuple(cfg.betas), cfg.eps
-                role = group.get("role") or ("adamw_decay" if adamw_index == 0 else "adamw_no_decay")
-                if role == "adamw_decay":
-                    group["weight_decay"] = cfg.weight_decay
-                adamw_index += 1
-            base = group.get("initial_lr") or peak
-            group["lr"] = group["lr"] * peak / base
-            group["initial_lr"] = peak
-            if n == 0:
-                lrs.append(peak)
+        peaks = apply_settings_to_groups(state.get("param_groups", []), cfg)
+        if n == 0:
+            lrs = peaks
     for sched in checkpoint.get("lr_schedulers", []):
         if "base_lrs" in sched and len(lrs) != len(sched["base_lrs"]):
             # no optimizer state here (FSDP2 restores it from the distributed checkpoint): Muon's group is last

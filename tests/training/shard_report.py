@@ -19,11 +19,17 @@ class ShardReport(L.Callback):
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.first_step: int | None = None
+        self.groups: list[dict] = []
         self.loss_finite = True
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step is None:
             self.first_step = trainer.global_step
+            # the optimizer's settings as the first step sees them (after any resume)
+            self.groups = [
+                {k: v for k, v in g.items() if k in ("lr", "initial_lr", "weight_decay", "betas", "eps")}
+                for g in trainer.optimizers[0].param_groups
+            ]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.loss_finite &= math.isfinite(float(outputs["loss"]))
@@ -49,6 +55,7 @@ class ShardReport(L.Callback):
             "accumulate_grad_batches": trainer.accumulate_grad_batches,
             "global_step": trainer.global_step,
             "first_step_seen": self.first_step,
+            "first_step_groups": self.groups,
             "total_params": sum(p.numel() for p in params),
             "local_params": sum(_local_numel(p) for p in params),
             "local_optimizer_numel": opt_numel,

@@ -24,6 +24,7 @@ from lightning_llm.cli import UserError, main
 from lightning_llm.config import GPTConfig
 from lightning_llm.consolidate import consolidate_checkpoint
 from lightning_llm.model import GPT
+from lightning_llm.optim import ScheduleConfig, lr_factor
 
 PROMPT = "The "
 
@@ -88,18 +89,32 @@ def test_fsdp2_shards_the_model_and_the_optimizer_state(fsdp2_run: Path) -> None
 def test_fsdp2_resumes_its_directory_on_2_processes(
     fsdp2_run: Path, tiny_dataset: Path, tmp_path: Path
 ) -> None:
+    """Resumed with new optimizer settings, which win although the strategy loads the optimizer state (and
+    with it the old settings) straight from the directory, after ``on_load_checkpoint``."""
     fit(
         tmp_path,
         tiny_dataset,
         "fsdp2.yaml",
         "--trainer.max_steps=5",
         f"--ckpt_path={fsdp2_run / 'ckpt' / 'last.ckpt'}",
+        "--model.optimizer.weight_decay=0.05",
+        "--model.optimizer.betas=[0.8, 0.9]",
+        "--model.optimizer.lr=0.0012",
         "--trainer.callbacks+=shard_report.ShardReport",
         f"--trainer.callbacks.init_args.out_dir={tmp_path}",
     )
     reports = _shard_reports(tmp_path)
     assert [r["global_step"] for r in reports] == [5, 5]
     assert all(r["first_step_seen"] == 3 for r in reports)  # resumed, not restarted
+    before = _shard_reports(fsdp2_run)[0]["first_step_groups"]
+    assert before[0]["weight_decay"] == 0.1 and before[0]["betas"] != [0.8, 0.9]  # the preset's
+    for r in reports:
+        decay, no_decay = r["first_step_groups"]
+        assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+        assert decay["betas"] == no_decay["betas"] == [0.8, 0.9]
+        for group in (decay, no_decay):  # the new peak, at the schedule's position (step 3 of the warmup)
+            assert group["initial_lr"] == 0.0012
+            assert group["lr"] == pytest.approx(0.0012 * lr_factor(3, ScheduleConfig(), total=3))
 
 
 def _assert_equals_the_run(ckpt: dict, run: Path) -> None:
