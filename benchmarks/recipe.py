@@ -72,6 +72,16 @@ VARIANTS["modern_softcap"] = [*VARIANTS["combined"], *SHORT_WARMUP_LONG_COOLDOWN
 VARIANTS["modern_muon_lr_0.04"] = [*VARIANTS["modern"], "--model.optimizer.muon_lr", "0.04"]
 VARIANTS["modern_lr_4e-3"] = [*VARIANTS["modern"], "--model.optimizer.lr", "4e-3"]
 VARIANTS["modern_decay_0.6"] = [*VARIANTS["modern"], "--model.schedule.decay_fraction", "0.6"]
+# leave-one-out of the quick start (= "modern_lr_4e-3"): does each architectural change earn its place there?
+VARIANTS["quickstart_no_qk_norm"] = [*VARIANTS["modern_lr_4e-3"], "--model.config.qk_norm", "false"]
+VARIANTS["quickstart_swiglu"] = [
+    *VARIANTS["modern_lr_4e-3"],
+    "--model.config.mlp",
+    "swiglu",
+    "--model.config.intermediate_size",
+    "768",
+]
+QUICKSTART_VARIANT = "modern_lr_4e-3"  # its model section is configs/quickstart.yaml's (tested)
 
 
 def run_dir(variant: str, seed: int) -> Path:

@@ -63,6 +63,21 @@ def test_every_variant_parses_with_the_real_fit_parser(capsys: pytest.CaptureFix
         if variant != "baseline":
             assert model_section(variant) != baseline, f"{variant} changes nothing"
 
+    # the variant the ablation reports as the quick start is configs/quickstart.yaml's model, and the
+    # leave-one-out variants differ from it in their one change only
+    with isolated_process_state(), pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--print_config"])
+    quickstart = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert model_section(recipe.QUICKSTART_VARIANT) == quickstart
+    no_qk = model_section("quickstart_no_qk_norm")
+    assert no_qk["config"].pop("qk_norm") is False and quickstart["config"].pop("qk_norm") is True
+    assert no_qk == quickstart
+    swiglu = model_section("quickstart_swiglu")["config"]
+    assert (swiglu["mlp"], swiglu["intermediate_size"], swiglu["qk_norm"]) == ("swiglu", 768, True)
+    assert {k: v for k, v in swiglu.items() if k not in ("mlp", "intermediate_size", "qk_norm")} == {
+        k: v for k, v in quickstart["config"].items() if k not in ("mlp", "intermediate_size")
+    }
+
 
 def test_every_step_timing_component_builds_and_changes_its_preset() -> None:
     """benchmarks/recipe_step.py: each single change builds (valid config and optimizer) and differs from the
