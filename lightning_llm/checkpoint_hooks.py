@@ -70,9 +70,9 @@ class CheckpointHooks:
         )
 
     def on_train_start(self) -> None:
-        """A checkpoint directory (FSDP2, sharded FSDP1) loads the optimizer state straight into the optimizer,
-        after ``on_load_checkpoint`` saw the checkpoint without it: the configured settings are set on the live
-        groups here (where the checkpoint's groups were rewritten already, this changes nothing)."""
+        """FSDP2 and FSDP1 load a checkpoint's optimizer state straight into the optimizer (FSDP1 from a file
+        too), before ``on_load_checkpoint`` can rewrite it: the configured settings are set on the live groups
+        here (where the checkpoint's groups were rewritten and then loaded, this changes nothing)."""
         if self.trainer.ckpt_path is None:
             return
         for optimizer in self.trainer.optimizers:

@@ -204,9 +204,9 @@ def apply_settings_to_groups(groups: list[dict[str, Any]], cfg: OptimizerConfig)
 
 def apply_optimizer_settings(checkpoint: dict[str, Any], cfg: OptimizerConfig) -> None:
     """Rewrite a checkpoint's saved optimizer and scheduler state to ``cfg`` (a resume with new settings;
-    see ``apply_settings_to_groups``). Without this, Lightning would restore the old values. Under FSDP2 the
-    optimizer state is not in ``checkpoint`` (the strategy loads it straight into the optimizer), so only
-    the scheduler's peaks are set here and ``CheckpointHooks`` applies the rest to the live optimizer.
+    see ``apply_settings_to_groups``). Without this, Lightning would restore the old values. FSDP2 and FSDP1
+    load the optimizer state straight into the optimizer before this runs (under FSDP2 it is not in
+    ``checkpoint`` at all), so ``CheckpointHooks.on_train_start`` sets the settings on the live groups too.
     """
     lrs: list[float] = []
     for n, state in enumerate(checkpoint.get("optimizer_states", [])):
